@@ -1,0 +1,1 @@
+"""Everything that talks to GitHub: the client, App authentication and the durable call queue."""
