@@ -18,7 +18,7 @@ from opp_ci_app.db import create_engine, sessionmaker, upgrade
 from opp_ci_app.models import Base, Role
 
 # Fixtures of each area live beside their tests; conftest only lists them.
-pytest_plugins = ["tests.plugins.fake_github"]
+pytest_plugins = ["tests.plugins.fake_github", "tests.plugins.browser"]
 
 PG_URL = os.environ.get("OPP_CI_TEST_DATABASE_URL")
 WEBHOOK_SECRET = "It's a Secret to Everybody"

@@ -1,0 +1,81 @@
+"""Putting GitHub calls on the durable queue, inside the caller's transaction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import insert, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from ..models import CallState, GitHubCall, utcnow
+
+
+class CallKind:
+    STATUS = "status"
+    PR_COMMENT = "pr_comment"
+    WORKFLOW_DISPATCH = "workflow_dispatch"
+
+
+@dataclass
+class Call:
+    """One GitHub call to make later; calls with the same `coalesce_key` replace each other."""
+
+    kind: str
+    coalesce_key: str
+    github_owner: str
+    github_repo: str
+    payload: dict[str, Any]
+    project_id: int | None = None
+    matrix_run_id: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def status_key(owner: str, repo: str, sha: str, context: str) -> str:
+    return f"status:{owner.lower()}/{repo.lower()}:{sha}:{context}"
+
+
+def pr_comment_key(owner: str, repo: str, pr_number: int, project_id: int) -> str:
+    return f"pr_comment:{owner.lower()}/{repo.lower()}#{pr_number}:{project_id}"
+
+
+def dispatch_key(owner: str, repo: str) -> str:
+    return f"workflow_dispatch:{owner.lower()}/{repo.lower()}"
+
+
+async def enqueue(session: AsyncSession, calls: list[Call]) -> None:
+    """Queue `calls`; older pending calls with the same key are superseded (never sent)."""
+    if not calls:
+        return
+    # Keep only the newest call per key within this batch as well.
+    newest: dict[str, Call] = {}
+    for call in calls:
+        newest[call.coalesce_key] = call
+    keys = list(newest)
+    now = utcnow()
+    for start in range(0, len(keys), 500):
+        await session.execute(
+            update(GitHubCall)
+            .where(GitHubCall.coalesce_key.in_(keys[start : start + 500]), GitHubCall.state == CallState.PENDING)
+            .values(state=CallState.SUPERSEDED)
+            .execution_options(synchronize_session=False)
+        )
+    await session.execute(
+        insert(GitHubCall),
+        [
+            {
+                "kind": c.kind,
+                "coalesce_key": c.coalesce_key,
+                "github_owner": c.github_owner,
+                "github_repo": c.github_repo,
+                "payload": c.payload,
+                "project_id": c.project_id,
+                "matrix_run_id": c.matrix_run_id,
+                "state": CallState.PENDING,
+                "attempts": 0,
+                "next_attempt_at": now,
+                "created_at": now,
+            }
+            for c in newest.values()
+        ],
+    )

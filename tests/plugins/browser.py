@@ -1,0 +1,1 @@
+"""Playwright driving Debian's Chromium (issue 5 fills it in)."""
