@@ -62,6 +62,14 @@ class Settings:
         """A copy with some values changed."""
         return dataclasses.replace(self, **changes)
 
+    def use_github_app(self, app_id: str, private_key: str, webhook_secret: str | None = None) -> None:
+        """Switch these (shared) settings to App mode in place, as the manifest flow does at run time."""
+        check_private_key(private_key)
+        object.__setattr__(self, "github_app_id", str(app_id))
+        object.__setattr__(self, "github_app_private_key", private_key)
+        if webhook_secret:
+            object.__setattr__(self, "webhook_secret", webhook_secret)
+
 
 def _read_secret(env: Mapping[str, str], name: str, default_file: str | None = None) -> str | None:
     """The variable itself, else the file named by `<name>_FILE`, else the default file."""
