@@ -1,15 +1,16 @@
-"""What GitHub should be told after runs change: statuses (and, later, PR comments and notes)."""
+"""What GitHub should be told after runs change: commit statuses, the sticky PR comment (and notes)."""
 
 from __future__ import annotations
 
+import hashlib
 from typing import Iterable
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from . import statuses
+from . import pr_comment, statuses
 from .config import Settings
-from .github.queue import Call, CallKind, enqueue, status_key
+from .github.queue import Call, CallKind, enqueue, pr_comment_key, status_key
 from .models import TestMatrixRun, TestRun, utcnow
 
 
@@ -39,16 +40,27 @@ def status_call(settings: Settings, matrix_run: TestMatrixRun, run_statuses: Ite
 
 
 async def update_github_status(session: AsyncSession, settings: Settings, matrix_run_ids: Iterable[int]) -> None:
-    """Queue the current status of each matrix run (coalesced with anything still unsent)."""
+    """Queue the current status of each matrix run, and the PR comment of each PR they belong to.
+
+    Call it in the transaction that changed the runs; what it queues replaces anything still unsent.
+    """
     ids = sorted(set(matrix_run_ids))
     if not ids:
         return
+    # Results for one matrix run are serialized here, so the last one to commit sees every other.
     matrix_runs = {
-        m.id: m for m in await session.scalars(select(TestMatrixRun).where(TestMatrixRun.id.in_(ids)))
+        m.id: m
+        for m in await session.scalars(
+            select(TestMatrixRun)
+            .where(TestMatrixRun.id.in_(ids))
+            .order_by(TestMatrixRun.id)
+            .with_for_update(key_share=True, of=TestMatrixRun)
+            .execution_options(populate_existing=True)
+        )
     }
-    by_matrix_run: dict[int, list] = {i: [] for i in ids}
+    by_matrix_run: dict[int, list] = {i: [] for i in matrix_runs}
     for matrix_run_id, status in await session.execute(
-        select(TestRun.matrix_run_id, TestRun.status).where(TestRun.matrix_run_id.in_(ids))
+        select(TestRun.matrix_run_id, TestRun.status).where(TestRun.matrix_run_id.in_(list(matrix_runs)))
     ):
         by_matrix_run[matrix_run_id].append(status)
     calls = []
@@ -58,4 +70,65 @@ async def update_github_status(session: AsyncSession, settings: Settings, matrix
         calls.append(status_call(settings, matrix_run, run_statuses))
         if run_statuses and all(s.finished for s in run_statuses) and matrix_run.finished_at is None:
             matrix_run.finished_at = now
+    prs = sorted({(m.project_id, m.github_pr_number) for m in matrix_runs.values() if m.github_pr_number is not None})
+    for project_id, pr_number in prs:
+        touched = [m for m in matrix_runs.values() if (m.project_id, m.github_pr_number) == (project_id, pr_number)]
+        call = await pr_comment_call(session, settings, project_id, pr_number, touched)
+        if call is not None:
+            calls.append(call)
     await enqueue(session, calls)
+    await _after_update(session, settings, list(matrix_runs.values()))
+
+
+def _pr_lock_key(project_id: int, pr_number: int) -> int:
+    """A stable signed 64-bit key for PostgreSQL's advisory lock of one project's comment on one PR."""
+    digest = hashlib.sha256(f"opp_ci:pr-comment:{project_id}:{pr_number}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+async def pr_comment_call(
+    session: AsyncSession, settings: Settings, project_id: int, pr_number: int, touched: list[TestMatrixRun]
+) -> Call | None:
+    """The PR comment call for one project on one PR, or None when `touched` are not at the PR's head."""
+    if session.bind.dialect.name == "postgresql":
+        # Results of different matrix runs of one PR meet here; SQLite's write lock already serializes them.
+        await session.execute(select(func.pg_advisory_xact_lock(_pr_lock_key(project_id, pr_number))))
+    newest = await session.scalar(
+        select(TestMatrixRun.github_commit_sha)
+        .where(TestMatrixRun.project_id == project_id, TestMatrixRun.github_pr_number == pr_number)
+        .order_by(TestMatrixRun.event_at.desc().nulls_last(), TestMatrixRun.id.desc())
+        .limit(1)
+    )
+    if newest is None or not any(m.github_commit_sha == newest for m in touched):
+        return None
+    head = list(
+        await session.scalars(
+            select(TestMatrixRun)
+            .where(
+                TestMatrixRun.project_id == project_id,
+                TestMatrixRun.github_pr_number == pr_number,
+                TestMatrixRun.github_commit_sha == newest,
+            )
+            .order_by(TestMatrixRun.id)
+        )
+    )
+    runs: dict[int, list[TestRun]] = {m.id: [] for m in head}
+    for run in await session.scalars(
+        select(TestRun).where(TestRun.matrix_run_id.in_(list(runs))).order_by(TestRun.id)
+    ):
+        runs[run.matrix_run_id].append(run)
+    first = head[0]
+    body = pr_comment.render(first.project.name, settings.public_url, settings.status_context, [(m, runs[m.id]) for m in head])
+    return Call(
+        kind=CallKind.PR_COMMENT,
+        coalesce_key=pr_comment_key(first.github_owner, first.github_repo, pr_number, project_id),
+        github_owner=first.github_owner,
+        github_repo=first.github_repo,
+        project_id=project_id,
+        matrix_run_id=head[-1].id,
+        payload={"pr_number": pr_number, "project_id": project_id, "project_name": first.project.name, "body": body},
+    )
+
+
+async def _after_update(session: AsyncSession, settings: Settings, matrix_runs: list[TestMatrixRun]) -> None:
+    """Hook for what else follows a change of runs: the git notes dispatch (issue 6) goes here."""
