@@ -1,0 +1,362 @@
+"""Which matrix runs and cells an event queues, and writing them (with their GitHub statuses) in bulk."""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from . import reporting
+from .config import Settings
+from .github.queue import enqueue
+from .matching import RuleMatcher, ref_kind
+from .matrix import Cell, MatrixError, expand
+from .models import AutoTestRule, RuleType, RunStatus, TestMatrix, TestMatrixRun, TestRun, utcnow
+from .statuses import NO_MATRIX_NAME
+
+log = logging.getLogger(__name__)
+
+REF_MAX_LENGTH = 255
+
+
+class Trigger(enum.StrEnum):
+    PUSH = "push"
+    TAG = "tag"
+    PULL_REQUEST = "pull_request"
+
+
+TRIGGER_OF_RULE_TYPE = {RuleType.BRANCH: Trigger.PUSH, RuleType.TAG: Trigger.TAG, RuleType.PR: Trigger.PULL_REQUEST}
+RULE_TYPE_OF_TRIGGER = {trigger: rule_type for rule_type, trigger in TRIGGER_OF_RULE_TYPE.items()}
+
+
+@dataclass(frozen=True)
+class Head:
+    """The commit an event is about: where it came from and when GitHub says it was made."""
+
+    trigger: Trigger
+    git_ref: str
+    sha: str
+    event_at: dt.datetime
+    pr_number: int | None = None
+
+    @property
+    def rule_type(self) -> RuleType:
+        return RULE_TYPE_OF_TRIGGER[self.trigger]
+
+
+@dataclass(frozen=True)
+class MatrixInfo:
+    id: int | None
+    name: str
+    cells: tuple[Cell, ...]
+
+
+@dataclass(frozen=True)
+class PlannedMatrixRun:
+    """One matrix run to queue: the matrix, its cells, and every rule that asked for it."""
+
+    rule_ids: tuple[int, ...]
+    matrix: MatrixInfo
+
+    @property
+    def rule_id(self) -> int:
+        return self.rule_ids[0]
+
+
+SMOKE = MatrixInfo(None, NO_MATRIX_NAME, tuple(expand(None)))
+
+
+@dataclass
+class ProjectRules:
+    """A project's enabled rules compiled for matching, with their matrices expanded."""
+
+    matchers: dict[RuleType, RuleMatcher]
+    rule_matrix: dict[int, int | None]
+    patterns: dict[int, str]
+    matrices: dict[int, MatrixInfo]
+
+    @classmethod
+    def build(cls, rules: Iterable[tuple[int, RuleType, str, int | None]], matrices: Iterable[tuple[int, str, Any]]):
+        """From (id, rule_type, pattern, matrix_id) of enabled rules and (id, name, config) of matrices."""
+        expanded: dict[int, MatrixInfo] = {}
+        for matrix_id, name, config in matrices:
+            try:
+                expanded[matrix_id] = MatrixInfo(matrix_id, name, tuple(expand(config)))
+            except MatrixError as exc:
+                log.warning("matrix %s cannot be expanded, its rules are skipped: %s", name, exc)
+        by_type: dict[RuleType, list[tuple[int, str]]] = {t: [] for t in RuleType}
+        rule_matrix: dict[int, int | None] = {}
+        patterns: dict[int, str] = {}
+        for rule_id, rule_type, pattern, matrix_id in rules:
+            if matrix_id is not None and matrix_id not in expanded:
+                continue
+            by_type[RuleType(rule_type)].append((rule_id, pattern))
+            rule_matrix[rule_id] = matrix_id
+            patterns[rule_id] = pattern
+        return cls({t: RuleMatcher(r) for t, r in by_type.items()}, rule_matrix, patterns, expanded)
+
+    def plan(self, rule_type: RuleType, name: str) -> list[PlannedMatrixRun]:
+        """The matrix runs `name` queues: one per matrix named by a matching rule, in rule order."""
+        grouped: dict[int | None, list[int]] = {}
+        for rule_id in self.matchers[rule_type].match(name):
+            grouped.setdefault(self.rule_matrix[rule_id], []).append(rule_id)
+        return [
+            PlannedMatrixRun(tuple(ids), SMOKE if matrix_id is None else self.matrices[matrix_id])
+            for matrix_id, ids in grouped.items()
+        ]
+
+
+async def load_project_rules(session: AsyncSession, project_id: int) -> ProjectRules:
+    """Read a project's enabled rules and its matrices."""
+    rules = await session.execute(
+        select(AutoTestRule.id, AutoTestRule.rule_type, AutoTestRule.pattern, AutoTestRule.matrix_id)
+        .where(AutoTestRule.project_id == project_id, AutoTestRule.enabled.is_(True))
+        .order_by(AutoTestRule.id)
+    )
+    matrices = await session.execute(
+        select(TestMatrix.id, TestMatrix.name, TestMatrix.config).where(TestMatrix.project_id == project_id)
+    )
+    return ProjectRules.build(rules.all(), matrices.all())
+
+
+def parse_timestamp(value: Any) -> dt.datetime | None:
+    """An ISO 8601 timestamp as an aware datetime, or None when absent or unparseable."""
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = dt.datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
+
+
+def status_url(settings: Settings, owner: str, repo: str, sha: str) -> str:
+    """GitHub's statuses API URL of a commit."""
+    return f"{settings.github_base_url}/repos/{owner}/{repo}/statuses/{sha}"
+
+
+@dataclass
+class Queued:
+    """What queuing did: the new matrix runs, how many runs, and which older matrix runs were cancelled."""
+
+    matrix_run_ids: list[int] = field(default_factory=list)
+    runs_queued: int = 0
+    cancelled_matrix_run_ids: list[int] = field(default_factory=list)
+
+
+def _same_head(project_id: int, head: Head) -> list:
+    where = [TestMatrixRun.project_id == project_id, TestMatrixRun.trigger == head.trigger.value]
+    if head.trigger is Trigger.PULL_REQUEST:
+        where.append(TestMatrixRun.github_pr_number == head.pr_number)
+    else:
+        where.append(TestMatrixRun.git_ref == head.git_ref)
+    return where
+
+
+async def superseded(session: AsyncSession, project_id: int, head: Head, rule_ids: Sequence[int]) -> list[int]:
+    """Unfinished older matrix runs of the same rules and branch (or PR); none when `head` is older than the newest seen."""
+    same_head = _same_head(project_id, head)
+    newest = select(func.max(TestMatrixRun.event_at)).where(*same_head).scalar_subquery()
+    rows = (
+        await session.execute(
+            select(TestMatrixRun.id, newest).where(
+                *same_head, TestMatrixRun.finished_at.is_(None), TestMatrixRun.rule_id.in_(rule_ids)
+            )
+        )
+    ).all()
+    if not rows:
+        return []
+    newest_seen = rows[0][1]
+    if newest_seen is not None and head.event_at < newest_seen:
+        return []
+    return [row[0] for row in rows]
+
+
+async def cancel_queued(session: AsyncSession, settings: Settings, matrix_run_ids: Sequence[int]) -> list[int]:
+    """Cancel the still-queued runs of these matrix runs and queue their statuses; the matrix runs touched."""
+    if not matrix_run_ids:
+        return []
+    now = utcnow()
+    result = await session.execute(
+        update(TestRun)
+        .where(TestRun.matrix_run_id.in_(matrix_run_ids), TestRun.status == RunStatus.QUEUED)
+        .values(status=RunStatus.CANCELLED, finished_at=now)
+        .returning(TestRun.matrix_run_id)
+        .execution_options(synchronize_session=False)
+    )
+    touched = sorted(set(result.scalars()))
+    await reporting.update_github_status(session, settings, touched)
+    return touched
+
+
+async def cancel_head(session: AsyncSession, settings: Settings, project_id: int, head: Head) -> list[int]:
+    """Cancel the queued runs of every unfinished matrix run of a branch, tag or PR (deleted or closed)."""
+    ids = list(
+        await session.scalars(
+            select(TestMatrixRun.id).where(*_same_head(project_id, head), TestMatrixRun.finished_at.is_(None))
+        )
+    )
+    return await cancel_queued(session, settings, ids)
+
+
+async def queue_matrix_runs(
+    session: AsyncSession,
+    settings: Settings,
+    *,
+    project_id: int,
+    owner: str,
+    repo: str,
+    head: Head,
+    planned: Sequence[PlannedMatrixRun],
+    delivery_guid: str | None,
+) -> Queued:
+    """Cancel what the new head supersedes, then insert the matrix runs, their runs and pending statuses."""
+    queued = Queued()
+    if not planned:
+        return queued
+    all_rule_ids = sorted({rule_id for p in planned for rule_id in p.rule_ids})
+    older = await superseded(session, project_id, head, all_rule_ids)
+    # Cancel first: a final status of an older run on the same commit must not replace the new pending one.
+    queued.cancelled_matrix_run_ids = await cancel_queued(session, settings, older)
+    now = utcnow()
+    url = status_url(settings, owner, repo, head.sha)
+    common = {
+        "project_id": project_id,
+        "github_owner": owner,
+        "github_repo": repo,
+        "github_commit_sha": head.sha,
+        "github_pr_number": head.pr_number,
+        "github_status_url": url,
+        "git_ref": head.git_ref,
+        "created_at": now,
+    }
+    matrix_rows = [
+        {
+            **common,
+            "rule_id": p.rule_id,
+            "matrix_id": p.matrix.id,
+            "matrix_name": p.matrix.name,
+            "trigger": head.trigger.value,
+            "delivery_guid": delivery_guid,
+            "event_at": head.event_at,
+        }
+        for p in planned
+    ]
+    ids = list(
+        (
+            await session.execute(
+                insert(TestMatrixRun).returning(TestMatrixRun.id, sort_by_parameter_order=True), matrix_rows
+            )
+        ).scalars()
+    )
+    run_rows = [
+        {**common, "matrix_run_id": matrix_run_id, "cell": cell.values, "label": cell.label, "status": RunStatus.QUEUED}
+        for matrix_run_id, p in zip(ids, planned)
+        for cell in p.matrix.cells
+    ]
+    await session.execute(insert(TestRun), run_rows)
+    calls = [
+        reporting.status_call(
+            settings,
+            TestMatrixRun(id=matrix_run_id, **{k: v for k, v in row.items() if k != "created_at"}),
+            [RunStatus.QUEUED] * len(p.matrix.cells),
+        )
+        for matrix_run_id, row, p in zip(ids, matrix_rows, planned)
+    ]
+    await enqueue(session, calls)
+    queued.matrix_run_ids = ids
+    queued.runs_queued = len(run_rows)
+    return queued
+
+
+# Reading the untrusted payload
+
+
+class BadPayload(ValueError):
+    """A payload field is missing or of the wrong type; the delivery is answered 400 and not recorded."""
+
+
+_TYPE_NAMES = {str: "a string", int: "an integer", dict: "an object", bool: "true or false", list: "a list"}
+
+
+def field(data: Any, *path: str, kind: type = str, required: bool = True) -> Any:
+    """`data[path[0]][path[1]]...` checked to be of `kind`; None when absent and not `required`."""
+    value = data
+    for key in path:
+        value = value.get(key) if isinstance(value, dict) else None
+    dotted = ".".join(path)
+    if value is None:
+        if required:
+            raise BadPayload(f"payload has no {dotted}")
+        return None
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise BadPayload(f"payload field {dotted} must be {_TYPE_NAMES.get(kind, kind.__name__)}")
+    return value
+
+
+def _sha(data: Any, *path: str) -> str:
+    sha = field(data, *path)
+    if not 0 < len(sha) <= 64:
+        raise BadPayload(f"payload field {'.'.join(path)} is not a commit id")
+    return sha
+
+
+def _check_ref(name: str, path: str) -> str:
+    if not name or len(name) > REF_MAX_LENGTH:
+        raise BadPayload(f"payload field {path} must be 1 to {REF_MAX_LENGTH} characters")
+    return name
+
+
+def repository_of(data: Any) -> tuple[str, str] | None:
+    """(owner, repo) of the payload's repository: owner login, or `name` as push payloads also have."""
+    if field(data, "repository", kind=dict, required=False) is None:
+        return None
+    repo = field(data, "repository", "name")
+    owner = field(data, "repository", "owner", "login", required=False) or field(
+        data, "repository", "owner", "name", required=False
+    )
+    if owner is None:
+        full_name = field(data, "repository", "full_name")
+        owner, _, _ = full_name.partition("/")
+    return owner, repo
+
+
+@dataclass(frozen=True)
+class Push:
+    ref: str
+    rule_type: RuleType | None
+    name: str
+    deleted: bool
+    message: str | None
+    head: Head | None
+
+
+def parse_push(data: Any) -> Push:
+    """The parts of a push payload that matter."""
+    ref = field(data, "ref")
+    rule_type, name = ref_kind(ref)
+    _check_ref(name, "ref")
+    deleted = bool(field(data, "deleted", kind=bool, required=False))
+    if rule_type is None or deleted:
+        trigger = TRIGGER_OF_RULE_TYPE[rule_type] if rule_type else Trigger.PUSH
+        return Push(ref, rule_type, name, deleted, None, Head(trigger, name, "", utcnow()))
+    message = field(data, "head_commit", "message", required=False)
+    event_at = parse_timestamp(field(data, "head_commit", "timestamp", required=False)) or utcnow()
+    head = Head(TRIGGER_OF_RULE_TYPE[rule_type], name, _sha(data, "after"), event_at)
+    return Push(ref, rule_type, name, deleted, message, head)
+
+
+def parse_pull_request(data: Any) -> Head:
+    """The PR head: `pull_request.head.ref` and `.sha`, the number, and `updated_at`."""
+    number = field(data, "number", kind=int, required=False)
+    if number is None:
+        number = field(data, "pull_request", "number", kind=int)
+    ref = _check_ref(field(data, "pull_request", "head", "ref"), "pull_request.head.ref")
+    sha = _sha(data, "pull_request", "head", "sha")
+    event_at = parse_timestamp(field(data, "pull_request", "updated_at", required=False)) or utcnow()
+    return Head(Trigger.PULL_REQUEST, ref, sha, event_at, pr_number=number)
