@@ -118,6 +118,9 @@ class Project(Base):
     installation_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     default_branch: Mapped[str | None] = mapped_column(String(255), nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    # Bumped by database triggers whenever the project's rules or matrices change (migration 0002),
+    # so the webhook's cached rule matcher knows when to rebuild.
+    rules_version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     __table_args__ = (
         Index(
