@@ -397,4 +397,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         sys.exit(130)
+    except Exception as exc:  # a bug: say so in one line, keep the details in the debug log
+        logging.getLogger("opp_ci_app.cli").debug("unexpected error", exc_info=True)
+        click.echo(f"opp_ci: internal error: {type(exc).__name__}: {exc} (run with -v for details)", err=True)
+        sys.exit(1)
     sys.exit(0)
