@@ -14,7 +14,7 @@ from .config import Settings
 from .db import create_engine, sessionmaker
 from .github import sender
 from .httpjson import json_errors
-from .web import pages
+from .web import github_setup, pages
 
 log = logging.getLogger(__name__)
 
@@ -55,4 +55,5 @@ def create_app(settings: Settings, *, engine=None, background: bool = True) -> w
     sender.setup(app)
     notes.setup(app)
     pages.setup(app)
+    github_setup.setup(app)
     return app

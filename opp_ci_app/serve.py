@@ -10,12 +10,13 @@ from aiohttp import web
 from .app import create_app
 from .config import Settings, ensure_webhook_secret
 from .db import create_engine, upgrade
+from .github.manifest import with_stored_app
 
 log = logging.getLogger(__name__)
 
 
 def serve(settings: Settings) -> None:
-    settings = ensure_webhook_secret(settings)
+    settings = ensure_webhook_secret(with_stored_app(settings))
     engine = create_engine(settings.database_url)
     asyncio.run(upgrade(engine))
     mode = "GitHub App" if settings.app_mode else ("token" if settings.github_token else "no GitHub credentials")
