@@ -9,6 +9,14 @@ requests on purpose).
 ``github_settings``: the ``settings`` fixture pointed at the fake in token mode
 (``github_token="ghp_test"``, ``github_actions_token="ghs_actions_test"``).
 
+``github_clock``: a :class:`Clock` (call it for an aware datetime, ``.advance(seconds)``, ``.epoch()``), starting
+one second ahead of real time so that everything queued so far is due.
+
+``make_sender(settings=None, auth=None, app=None, **kwargs)``: a :class:`opp_ci_app.github.sender.Sender` on the
+test database and the fake (``github_settings`` by default; ``app=`` takes the sessionmaker and credentials of an
+app built by ``create_app``), driven by ``github_clock`` and never sleeping. ``await drain(sender, clock)`` (a
+function in this module) runs it until nothing is left to send, moving the clock to each retry time.
+
 What the fake knows
 -------------------
 - ``fake.url``: the base URL (use as ``OPP_CI_GITHUB_BASE_URL`` / ``settings.github_base_url``).
@@ -695,6 +703,82 @@ class FakeGitHub:
             (workflow, request[BODY], request[TOKEN])
         )
         return web.Response(status=204)
+
+
+class Clock:
+    """A clock for the sender and the credentials cache that moves only when told."""
+
+    def __init__(self) -> None:
+        self.now = _now() + dt.timedelta(seconds=1)
+
+    def __call__(self) -> dt.datetime:
+        return self.now
+
+    def epoch(self) -> float:
+        return self.now.timestamp()
+
+    def advance(self, seconds: float) -> None:
+        self.now += dt.timedelta(seconds=seconds)
+
+
+async def drain(sender, clock: Clock, rounds: int = 100) -> int:
+    """Run `sender` until no pending call is left, moving `clock` to each retry time; returns calls handled."""
+    from sqlalchemy import select
+
+    from opp_ci_app.models import CallState, GitHubCall
+
+    handled = 0
+    for _ in range(rounds):
+        handled += await sender.run_once()
+        async with sender.sessionmaker() as session:
+            pending = (
+                await session.execute(
+                    select(GitHubCall.next_attempt_at, GitHubCall.leased_until).where(
+                        GitHubCall.state == CallState.PENDING
+                    )
+                )
+            ).all()
+        if not pending:
+            return handled
+        clock.now = max(clock.now, min(max(n, leased or n) for n, leased in pending))
+    raise AssertionError(f"the queue did not drain in {rounds} rounds")
+
+
+@pytest.fixture
+def github_clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+async def github_http():
+    import aiohttp
+
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+@pytest.fixture
+def make_sender(db, github_settings, github_http, github_clock):
+    """Build senders on the test database that talk to the fake GitHub."""
+    from opp_ci_app.appkeys import SERVICES, SESSIONMAKER
+    from opp_ci_app.github.auth import GitHubAuth
+    from opp_ci_app.github.sender import Sender
+
+    async def _no_sleep(_seconds: float) -> None:
+        return None
+
+    def make(settings=None, auth=None, app=None, **kwargs):
+        sessionmaker = db
+        if app is not None:
+            sessionmaker = app[SESSIONMAKER]
+            auth = auth or app[SERVICES]["github_auth"]
+        if auth is None:
+            auth = GitHubAuth.from_settings(settings or github_settings, clock=github_clock.epoch)
+        kwargs.setdefault("clock", github_clock)
+        kwargs.setdefault("sleep", _no_sleep)
+        return Sender(sessionmaker, auth, github_http, **kwargs)
+
+    return make
 
 
 @pytest.fixture
