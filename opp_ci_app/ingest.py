@@ -112,20 +112,27 @@ class PlannedRun:
 
 @dataclass
 class Delivery:
-    """One delivery being handled: what router handlers get as their context, and what they did."""
+    """One delivery being handled: what router handlers get as their context, and what they did.
+
+    With `planning_only` the handlers decide without writing: `queue` keeps what it would
+    queue in `to_queue`, and anything else that must write marks the delivery `needs_writes`
+    so that it is handled again, writing, on its own.
+    """
 
     session: AsyncSession
     settings: Settings
     rules: RulesCache
     event: sansio.Event
     projects: dict[tuple[str, str], ProjectRow] | None = None
-    dry_run: bool = False
+    planning_only: bool = False
     project: ProjectRow | None = None
     ignored: str | None = None
     matrix_run_ids: list[int] = field(default_factory=list)
     runs_queued: int = 0
     reply: dict[str, Any] = field(default_factory=dict)
     planned: list[PlannedRun] = field(default_factory=list)
+    to_queue: planning.QueueItem | None = None
+    needs_writes: bool = False
 
     @property
     def guid(self) -> str:
@@ -139,9 +146,16 @@ class Delivery:
     @property
     def repository(self) -> str | None:
         name = planning.field(self.event.data, "repository", "full_name", required=False)
-        if name is None and (pair := planning.repository_of(self.event.data)):
+        if name is None and (pair := _safe_repository(self.event.data)):
             name = "/".join(pair)
         return name[:REPOSITORY_MAX_LENGTH] if name else None
+
+    def may_write(self) -> bool:
+        """True when a handler may write now; in the planning pass it marks the delivery instead."""
+        if self.planning_only:
+            self.needs_writes = True
+            return False
+        return True
 
     def ignore(self, reason: str) -> None:
         """Nothing (more) to do, and why."""
@@ -158,17 +172,12 @@ class Delivery:
         if self.project is None:
             self.ignore(f"no project for repository {pair[0]}/{pair[1]}")
             return None
-        await self._note_installation()
-        return self.project
-
-    async def _note_installation(self) -> None:
         installation_id = planning.field(self.event.data, "installation", "id", kind=int, required=False)
-        project = self.project
-        if installation_id is None or project is None or project.installation_id == installation_id or self.dry_run:
-            return
-        await self.session.execute(
-            update(Project).where(Project.id == project.id).values(installation_id=installation_id)
-        )
+        if installation_id is not None and installation_id != self.project.installation_id and self.may_write():
+            await self.session.execute(
+                update(Project).where(Project.id == self.project.id).values(installation_id=installation_id)
+            )
+        return self.project
 
     async def queue(self, head: Head) -> None:
         """Queue the matrix runs of every enabled rule matching `head` (and supersede older ones)."""
@@ -183,18 +192,14 @@ class Delivery:
         if not plans:
             self.ignore(f"no enabled {head.rule_type.value} rule matches {head.git_ref!r}")
             return
-        if self.dry_run:
+        item = planning.QueueItem(project.id, project.github_owner, project.github_repo, head, plans, self.guid)
+        if self.planning_only:
+            self.to_queue = item
             return
-        queued = await planning.queue_matrix_runs(
-            self.session,
-            self.settings,
-            project_id=project.id,
-            owner=project.github_owner,
-            repo=project.github_repo,
-            head=head,
-            planned=plans,
-            delivery_guid=self.guid,
-        )
+        self.took(await planning.queue_matrix_runs(self.session, self.settings, item))
+
+    def took(self, queued: planning.Queued) -> None:
+        """Note what queuing did."""
         self.matrix_run_ids = queued.matrix_run_ids
         self.runs_queued = queued.runs_queued
         if queued.cancelled_matrix_run_ids:
@@ -204,7 +209,10 @@ class Delivery:
         """Cancel the queued runs of a deleted branch or tag, or of a closed PR."""
         project = self.project
         assert project is not None
-        touched = [] if self.dry_run else await planning.cancel_head(self.session, self.settings, project.id, head)
+        if not self.may_write():
+            self.ignore(why)
+            return
+        touched = await planning.cancel_head(self.session, self.settings, project.id, head)
         self.reply["cancelled_matrix_runs"] = touched
         self.ignore(f"{why}; queued runs of {len(touched)} matrix run(s) cancelled")
 
@@ -250,10 +258,10 @@ async def handle(
     event: sansio.Event,
     *,
     projects: dict[tuple[str, str], ProjectRow] | None = None,
-    dry_run: bool = False,
+    planning_only: bool = False,
 ) -> Delivery:
-    """Dispatch one verified event through the routers; writes the runs and calls it implies (unless `dry_run`)."""
-    delivery = Delivery(session, settings, rules, event, projects=projects, dry_run=dry_run)
+    """Dispatch one verified event through the routers; writes what it implies unless `planning_only`."""
+    delivery = Delivery(session, settings, rules, event, projects=projects, planning_only=planning_only)
     if routers.router.fetch(event):
         await routers.router.dispatch(event, delivery)
     else:
@@ -265,12 +273,12 @@ class DuplicateDelivery(Exception):
     """The delivery GUID is already recorded."""
 
 
-async def record(session: AsyncSession, delivery: Delivery) -> None:
-    """Insert the delivery row; DuplicateDelivery when its GUID is already there."""
+async def record(session: AsyncSession, deliveries: list[Delivery]) -> None:
+    """Insert the delivery rows; DuplicateDelivery when a GUID is already there."""
     try:
-        await session.execute(insert(WebhookDelivery), [delivery.row()])
+        await session.execute(insert(WebhookDelivery.__table__), [d.row() for d in deliveries])
     except IntegrityError:
-        raise DuplicateDelivery(delivery.guid) from None
+        raise DuplicateDelivery() from None
 
 
 @dataclass(frozen=True)
@@ -286,38 +294,101 @@ def _unavailable(guid: str) -> Outcome:
     return Outcome(Answer.UNAVAILABLE, {"error": "the database is unavailable; the delivery was not recorded", "delivery": guid})
 
 
+def _bad(guid: str, message: str) -> Outcome:
+    return Outcome(Answer.BAD_REQUEST, {"error": message, "delivery": guid})
+
+
+async def _guarded(guid: str, event_name: str, work) -> Outcome:
+    """Run `work()`; map what can go wrong to an answer (never a 5xx for bad input)."""
+    try:
+        return await work()
+    except DuplicateDelivery:
+        return DUPLICATE
+    except BadPayload as exc:
+        return _bad(guid, str(exc))
+    except DBAPIError:
+        log.exception("database error while handling delivery %s", guid)
+        return _unavailable(guid)
+    except Exception:
+        # The payload passed every check yet broke a handler: answer it as bad input.
+        log.exception("could not handle delivery %s (%s)", guid, event_name)
+        return _bad(guid, "the payload could not be processed")
+
+
+async def handle_alone(session: AsyncSession, settings: Settings, rules: RulesCache, event: sansio.Event,
+                       projects: dict[tuple[str, str], ProjectRow] | None = None) -> Outcome:
+    """Handle and record one delivery in its own savepoint."""
+
+    async def work() -> Outcome:
+        async with session.begin_nested():
+            delivery = await handle(session, settings, rules, event, projects=projects)
+            await record(session, [delivery])
+        return Outcome(Answer.OK, delivery.summary())
+
+    return await _guarded(event.delivery_id, event.event, work)
+
+
 async def process_batch(
     session: AsyncSession, settings: Settings, rules: RulesCache, events: list[sansio.Event]
 ) -> list[Outcome]:
-    """Handle deliveries in the session's open transaction, each in its own savepoint."""
-    guids = [e.delivery_id for e in events]
-    seen = set(await session.scalars(select(WebhookDelivery.guid).where(WebhookDelivery.guid.in_(set(guids)))))
+    """Handle deliveries in the session's open transaction.
+
+    Each delivery is first planned without writing. Those that only record themselves or
+    queue runs on a head with nothing to supersede are written together with a few bulk
+    statements; the others (superseding, cancelling, installations) one at a time, each in
+    its own savepoint. A bulk write that fails is redone one at a time.
+    """
+    guids = {e.delivery_id for e in events}
+    seen = set(await session.scalars(select(WebhookDelivery.guid).where(WebhookDelivery.guid.in_(guids))))
     projects = await load_projects(session, filter(None, (_safe_repository(e.data) for e in events)))
-    outcomes: list[Outcome] = []
-    for event in events:
+    outcomes: dict[int, Outcome] = {}
+    plans: dict[int, Delivery] = {}
+    for index, event in enumerate(events):
         if event.delivery_id in seen:
-            outcomes.append(DUPLICATE)
+            outcomes[index] = DUPLICATE
             continue
         seen.add(event.delivery_id)
-        try:
-            async with session.begin_nested():
-                delivery = await handle(session, settings, rules, event, projects=projects)
-                await record(session, delivery)
-            outcomes.append(Outcome(Answer.OK, delivery.summary()))
-        except DuplicateDelivery:
-            outcomes.append(DUPLICATE)
-        except BadPayload as exc:
-            outcomes.append(Outcome(Answer.BAD_REQUEST, {"error": str(exc), "delivery": event.delivery_id}))
-        except DBAPIError:
-            log.exception("database error while handling delivery %s", event.delivery_id)
-            outcomes.append(_unavailable(event.delivery_id))
-        except Exception:
-            # The payload passed every check yet broke a handler: answer it as bad input, never a 5xx.
-            log.exception("could not handle delivery %s (%s)", event.delivery_id, event.event)
-            outcomes.append(
-                Outcome(Answer.BAD_REQUEST, {"error": "the payload could not be processed", "delivery": event.delivery_id})
-            )
-    return outcomes
+
+        async def plan(event=event, index=index) -> Outcome:
+            plans[index] = await handle(session, settings, rules, event, projects=projects, planning_only=True)
+            return DUPLICATE  # placeholder, replaced once written
+
+        outcome = await _guarded(event.delivery_id, event.event, plan)
+        if index not in plans:
+            outcomes[index] = outcome
+    busy = await planning.unfinished_heads(
+        session, [(d.to_queue.project_id, d.to_queue.head) for d in plans.values() if d.to_queue]
+    )
+    together: list[tuple[int, Delivery]] = []
+    for index, delivery in plans.items():
+        key = planning.head_key(delivery.to_queue.project_id, delivery.to_queue.head) if delivery.to_queue else None
+        if delivery.needs_writes or key in busy:
+            outcomes.update(await _write_together(session, settings, rules, projects, together))
+            together = []
+            outcomes[index] = await handle_alone(session, settings, rules, delivery.event, projects)
+        else:
+            together.append((index, delivery))
+        if key is not None:
+            busy.add(key)
+    outcomes.update(await _write_together(session, settings, rules, projects, together))
+    return [outcomes[i] for i in range(len(events))]
+
+
+async def _write_together(session, settings, rules, projects, planned: list[tuple[int, Delivery]]) -> dict[int, Outcome]:
+    """Write planned deliveries with bulk statements in one savepoint; one at a time if that fails."""
+    if not planned:
+        return {}
+    deliveries = [d for _, d in planned]
+    try:
+        async with session.begin_nested():
+            items = [d.to_queue for d in deliveries if d.to_queue]
+            for delivery, queued in zip([d for d in deliveries if d.to_queue], await planning.insert_matrix_runs(session, settings, items)):
+                delivery.took(queued)
+            await record(session, deliveries)
+        return {index: Outcome(Answer.OK, d.summary()) for index, d in planned}
+    except (DuplicateDelivery, DBAPIError):
+        log.info("bulk write of %d deliveries failed; writing them one at a time", len(planned))
+    return {index: await handle_alone(session, settings, rules, d.event, projects) for index, d in planned}
 
 
 def _safe_repository(data: Any) -> tuple[str, str] | None:

@@ -204,73 +204,133 @@ async def cancel_head(session: AsyncSession, settings: Settings, project_id: int
     return await cancel_queued(session, settings, ids)
 
 
-async def queue_matrix_runs(
-    session: AsyncSession,
-    settings: Settings,
-    *,
-    project_id: int,
-    owner: str,
-    repo: str,
-    head: Head,
-    planned: Sequence[PlannedMatrixRun],
-    delivery_guid: str | None,
-) -> Queued:
-    """Cancel what the new head supersedes, then insert the matrix runs, their runs and pending statuses."""
-    queued = Queued()
-    if not planned:
-        return queued
-    all_rule_ids = sorted({rule_id for p in planned for rule_id in p.rule_ids})
-    older = await superseded(session, project_id, head, all_rule_ids)
-    # Cancel first: a final status of an older run on the same commit must not replace the new pending one.
-    queued.cancelled_matrix_run_ids = await cancel_queued(session, settings, older)
-    now = utcnow()
-    url = status_url(settings, owner, repo, head.sha)
-    common = {
-        "project_id": project_id,
-        "github_owner": owner,
-        "github_repo": repo,
-        "github_commit_sha": head.sha,
-        "github_pr_number": head.pr_number,
-        "github_status_url": url,
-        "git_ref": head.git_ref,
-        "created_at": now,
-    }
-    matrix_rows = [
-        {
-            **common,
-            "rule_id": p.rule_id,
-            "matrix_id": p.matrix.id,
-            "matrix_name": p.matrix.name,
-            "trigger": head.trigger.value,
-            "delivery_guid": delivery_guid,
-            "event_at": head.event_at,
-        }
-        for p in planned
-    ]
-    ids = list(
-        (
-            await session.execute(
-                insert(TestMatrixRun).returning(TestMatrixRun.id, sort_by_parameter_order=True), matrix_rows
+@dataclass(frozen=True)
+class QueueItem:
+    """Matrix runs to queue for one delivery."""
+
+    project_id: int
+    owner: str
+    repo: str
+    head: Head
+    planned: Sequence[PlannedMatrixRun]
+    delivery_guid: str
+
+
+def head_key(project_id: int, head: Head) -> tuple[int, str, str | int | None]:
+    """What superseding compares: the project and the branch or tag, or the PR number."""
+    if head.trigger is Trigger.PULL_REQUEST:
+        return project_id, head.trigger.value, head.pr_number
+    return project_id, head.trigger.value, head.git_ref
+
+
+async def unfinished_heads(session: AsyncSession, items: Iterable[tuple[int, Head]]) -> set[tuple]:
+    """Which of these heads already have an unfinished matrix run (so queuing there may supersede)."""
+    refs = {(p, h.trigger.value, h.git_ref) for p, h in items if h.trigger is not Trigger.PULL_REQUEST}
+    prs = {(p, h.pr_number) for p, h in items if h.trigger is Trigger.PULL_REQUEST}
+    found: set[tuple] = set()
+    unfinished = TestMatrixRun.finished_at.is_(None)
+    # Plain IN lists on each column (not row values) so that SQLite uses the head index.
+    if refs:
+        rows = await session.execute(
+            select(TestMatrixRun.project_id, TestMatrixRun.trigger, TestMatrixRun.git_ref)
+            .where(
+                unfinished,
+                TestMatrixRun.project_id.in_({r[0] for r in refs}),
+                TestMatrixRun.trigger.in_({r[1] for r in refs}),
+                TestMatrixRun.git_ref.in_({r[2] for r in refs}),
             )
-        ).scalars()
-    )
-    run_rows = [
-        {**common, "matrix_run_id": matrix_run_id, "cell": cell.values, "label": cell.label, "status": RunStatus.QUEUED}
-        for matrix_run_id, p in zip(ids, planned)
-        for cell in p.matrix.cells
-    ]
-    await session.execute(insert(TestRun), run_rows)
-    calls = [
-        reporting.status_call(
-            settings,
-            TestMatrixRun(id=matrix_run_id, **{k: v for k, v in row.items() if k != "created_at"}),
-            [RunStatus.QUEUED] * len(p.matrix.cells),
+            .distinct()
         )
-        for matrix_run_id, row, p in zip(ids, matrix_rows, planned)
-    ]
+        found.update(row for row in map(tuple, rows) if row in refs)
+    if prs:
+        rows = await session.execute(
+            select(TestMatrixRun.project_id, TestMatrixRun.github_pr_number)
+            .where(
+                unfinished,
+                TestMatrixRun.project_id.in_({p for p, _ in prs}),
+                TestMatrixRun.github_pr_number.in_({n for _, n in prs}),
+            )
+            .distinct()
+        )
+        found.update((p, Trigger.PULL_REQUEST.value, n) for p, n in rows if (p, n) in prs)
+    return found
+
+
+async def insert_matrix_runs(session: AsyncSession, settings: Settings, items: Sequence[QueueItem]) -> list[Queued]:
+    """Insert matrix runs, their runs and pending statuses for several deliveries at once (no superseding)."""
+    if not items:
+        return []
+    now = utcnow()
+    matrix_rows: list[dict[str, Any]] = []
+    owners: list[tuple[QueueItem, PlannedMatrixRun]] = []
+    for item in items:
+        head = item.head
+        common = {
+            "project_id": item.project_id,
+            "github_owner": item.owner,
+            "github_repo": item.repo,
+            "github_commit_sha": head.sha,
+            "github_pr_number": head.pr_number,
+            "github_status_url": status_url(settings, item.owner, item.repo, head.sha),
+            "git_ref": head.git_ref,
+            "created_at": now,
+        }
+        for planned in item.planned:
+            matrix_rows.append(
+                {
+                    **common,
+                    "rule_id": planned.rule_id,
+                    "matrix_id": planned.matrix.id,
+                    "matrix_name": planned.matrix.name,
+                    "trigger": head.trigger.value,
+                    "delivery_guid": item.delivery_guid,
+                    "event_at": head.event_at,
+                    "finished_at": None,
+                }
+            )
+            owners.append((item, planned))
+    if not matrix_rows:
+        return [Queued() for _ in items]
+    table = TestMatrixRun.__table__
+    # Matched back by (delivery, matrix name), unique per row: asking SQLAlchemy to keep the
+    # parameter order would make it insert one row per statement on SQLite.
+    returned = await session.execute(
+        insert(table).returning(table.c.id, table.c.delivery_guid, table.c.matrix_name), matrix_rows
+    )
+    id_of = {(guid, name): matrix_run_id for matrix_run_id, guid, name in returned}
+    ids = [id_of[row["delivery_guid"], row["matrix_name"]] for row in matrix_rows]
+    run_columns = ("project_id", "github_owner", "github_repo", "github_commit_sha", "github_pr_number",
+                   "github_status_url", "git_ref", "created_at")
+    run_rows = []
+    calls = []
+    queued: dict[int, Queued] = {id(item): Queued() for item in items}
+    for matrix_run_id, row, (item, planned) in zip(ids, matrix_rows, owners):
+        base = {k: row[k] for k in run_columns}
+        run_rows.extend(
+            {**base, "matrix_run_id": matrix_run_id, "cell": cell.values, "label": cell.label,
+             "status": RunStatus.QUEUED, "reclaims": 0}
+            for cell in planned.matrix.cells
+        )
+        matrix_run = TestMatrixRun(id=matrix_run_id, **{k: v for k, v in row.items() if k not in ("created_at", "finished_at")})
+        calls.append(reporting.status_call(settings, matrix_run, [RunStatus.QUEUED] * len(planned.matrix.cells)))
+        result = queued[id(item)]
+        result.matrix_run_ids.append(matrix_run_id)
+        result.runs_queued += len(planned.matrix.cells)
+    await session.execute(insert(TestRun.__table__), run_rows)
     await enqueue(session, calls)
-    queued.matrix_run_ids = ids
-    queued.runs_queued = len(run_rows)
+    return [queued[id(item)] for item in items]
+
+
+async def queue_matrix_runs(session: AsyncSession, settings: Settings, item: QueueItem) -> Queued:
+    """Cancel what the new head supersedes, then insert the matrix runs, their runs and pending statuses."""
+    if not item.planned:
+        return Queued()
+    rule_ids = sorted({rule_id for p in item.planned for rule_id in p.rule_ids})
+    older = await superseded(session, item.project_id, item.head, rule_ids)
+    # Cancel first: a final status of an older run on the same commit must not replace the new pending one.
+    cancelled = await cancel_queued(session, settings, older)
+    (queued,) = await insert_matrix_runs(session, settings, [item])
+    queued.cancelled_matrix_run_ids = cancelled
     return queued
 
 

@@ -17,12 +17,12 @@ router = routing.Router()
 @router.register("installation")
 async def record_installation(event: sansio.Event, delivery: "Delivery") -> None:
     """Created, deleted, suspended or changed: record it and point its projects at it."""
-    if not delivery.dry_run:
+    if delivery.may_write():
         delivery.reply.update(await ingest.record_installation(delivery.session, event.data, delivery.action or ""))
 
 
 @router.register("installation_repositories")
 async def record_installation_repositories(event: sansio.Event, delivery: "Delivery") -> None:
     """Repositories added to or removed from an installation."""
-    if not delivery.dry_run:
+    if delivery.may_write():
         delivery.reply.update(await ingest.record_installation_repositories(delivery.session, event.data))
