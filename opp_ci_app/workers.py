@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from .appkeys import SERVICES, SESSIONMAKER, SETTINGS
 from .auth import require_role
 from .config import Settings
+from .github import sender
 from .httpjson import BadBody, error, read_json_object
 from .models import NAME_MAX_LENGTH, Project, Role, RunStatus, TestRun, utcnow
 from .reporting import update_github_status
@@ -332,8 +333,11 @@ async def result(request: web.Request) -> web.Response:
     async with request.app[SESSIONMAKER].begin() as session:
         await begin_write(session)
         status, answer = await finish_run(session, request.app[SETTINGS], parsed)
-    if status == 200:
-        log.info("run result", extra={"run_id": parsed.run_id, "result_code": parsed.result_code, **answer})
+    if answer.get("accepted"):
+        log.info("run finished", extra={"run_id": parsed.run_id, "result_code": parsed.result_code})
+        sender.wake(request.app)
+    elif status == 200:
+        log.info("run result dropped", extra={"run_id": parsed.run_id, "reason": answer.get("dropped", "duplicate")})
     return web.json_response(answer, status=status)
 
 
@@ -346,6 +350,7 @@ async def _reaper(app: web.Application) -> AsyncIterator[None]:
             try:
                 reaped = await reap_once(app[SESSIONMAKER], settings)
                 if reaped.requeued or reaped.errored:
+                    sender.wake(app)
                     log.info("reaper: %d queued again, %d errored", len(reaped.requeued), len(reaped.errored))
             except asyncio.CancelledError:
                 raise
