@@ -23,6 +23,7 @@ from opp_ci_app.models import (
     WebhookDelivery,
     utcnow,
 )
+from opp_ci_app.web import filters
 from opp_ci_app.web.session import COOKIE_NAME, SESSION_KEY_FILE
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
@@ -478,3 +479,40 @@ async def test_oversized_form_is_refused(admin_client, db):
     resp = await admin_client.post("/rules", data={"csrf_token": admin_client.csrf, "pattern": "x" * 70_000})
     assert resp.status == 413
     assert await rule_count(db) == 0
+
+
+async def test_wrong_method_is_a_page(client):
+    resp = await client.get("/logout")
+    assert resp.status == 405
+    assert resp.content_type == "text/html" and "Method not allowed" in await resp.text()
+
+
+async def test_unexpected_error_is_a_page_without_trace(client, monkeypatch, caplog):
+    async def broken(session, project_name=None):
+        raise RuntimeError("database on fire")
+
+    monkeypatch.setattr(catalog, "list_rules", broken)
+    resp = await client.get("/rules")
+    assert resp.status == 500
+    text = await resp.text()
+    assert "The error was logged on the server" in text
+    assert "database on fire" not in text and "Traceback" not in text
+    assert "database on fire" in caplog.text
+
+
+async def test_empty_deliveries_name_the_webhook_url(client):
+    assert "http://ci.example.test/api/github/webhook" in await (await client.get("/deliveries")).text()
+
+
+@pytest.mark.parametrize(
+    "seconds_ago, text",
+    [(5, "just now"), (90, "2 minutes ago"), (3 * 3600, "3 hours ago"), (86400, "1 day ago"), (-7200, "in 2 hours")],
+)
+def test_ago(seconds_ago, text):
+    now = dt.datetime(2026, 12, 4, 20, 0, tzinfo=dt.timezone.utc)
+    assert filters.ago(now - dt.timedelta(seconds=seconds_ago), now) == text
+
+
+@pytest.mark.parametrize("seconds, text", [(0.42, "0.4 s"), (12.4, "12 s"), (185, "3 min 05 s"), (3725, "1 h 02 min")])
+def test_duration(seconds, text):
+    assert filters.duration(seconds) == text

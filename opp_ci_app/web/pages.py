@@ -40,6 +40,7 @@ HOME_RECENT = 10
 RULE_RECENT = 10
 MAX_PAGE = 10_000
 GITHUB_WEB = "https://github.com"
+WEBHOOK_PATH = "/api/github/webhook"
 LOGIN_REFUSED = "That token is invalid or not an admin token."
 NO_MATRIX_LABEL = f"none → one {NO_MATRIX_NAME} cell"
 
@@ -168,7 +169,7 @@ async def home(request: web.Request) -> web.Response:
             "by_status": {s: by_status.get(s, 0) for s in RunStatus},
             "recent": recent,
             "projects": projects,
-            "public_url": request.app[SETTINGS].public_url,
+            "webhook_url": f"{request.app[SETTINGS].public_url}{WEBHOOK_PATH}",
         },
     )
 
@@ -291,7 +292,7 @@ async def matrix_run_page(request: web.Request) -> web.Response:
 # Rules
 
 
-async def _rules_context(session: AsyncSession, request: web.Request) -> dict[str, Any]:
+async def _rules_context(session: AsyncSession) -> dict[str, Any]:
     return {
         "rules": await catalog.list_rules(session),
         "projects": await catalog.list_projects(session),
@@ -306,7 +307,7 @@ async def _rules_context(session: AsyncSession, request: web.Request) -> dict[st
 @routes.get("/rules", name="rules")
 async def rules_page(request: web.Request) -> web.Response:
     async with request.app[SESSIONMAKER]() as session:
-        context = await _rules_context(session, request)
+        context = await _rules_context(session)
     return await render(request, "rules.html", context)
 
 
@@ -329,7 +330,7 @@ async def create_rule(request: web.Request, form: MultiDictProxy) -> web.StreamR
             summary = f"Rule {rule.id} created: {rule.rule_type.value} {rule.pattern!r} in {rule.project.name}"
     except catalog.CatalogError as exc:
         async with request.app[SESSIONMAKER]() as session:
-            context = await _rules_context(session, request)
+            context = await _rules_context(session)
         context.update(form=values, error=exc.message, error_field=exc.field)
         return await render(request, "rules.html", context, status=422 if exc.status == 404 else exc.status)
     await flash(request, summary)
@@ -399,7 +400,11 @@ async def deliveries_page(request: web.Request) -> web.Response:
                 .limit(pager.size)
             )
         )
-    return await render(request, "deliveries.html", {"deliveries": deliveries, "pager": pager})
+    return await render(
+        request,
+        "deliveries.html",
+        {"deliveries": deliveries, "pager": pager, "webhook_url": f"{request.app[SETTINGS].public_url}{WEBHOOK_PATH}"},
+    )
 
 
 # Login
