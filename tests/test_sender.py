@@ -466,3 +466,37 @@ async def test_eight_concurrent_results_make_one_comment(database_url, db, fake_
     assert len(ours) == 1
     assert ours[0]["body"] == newest.payload["body"]
     assert len(fake_github.requests("POST", r"/repos/.*/issues/7/comments")) == 1
+
+
+async def test_quota_used_up_by_a_success_holds_the_next_calls(db, fake_github, make_sender, github_clock):
+    reset = int(github_clock.epoch()) + 300
+    fake_github.fail(
+        "POST", r"/repos/.*/statuses/.*", None, headers={"x-ratelimit-remaining": "0", "x-ratelimit-reset": str(reset)}
+    )
+    await queue(db, status(sha="a" * 40), status(sha="b" * 40))
+    sender = make_sender()
+    await sender.run_once()
+    assert len(fake_github.requests("POST", r"/repos/.*/statuses/.*")) == 1
+    first, second = await rows(db)
+    assert (first.state, second.state, second.attempts) == (CallState.DONE, CallState.PENDING, 0)
+    assert second.next_attempt_at.timestamp() == reset
+    github_clock.advance(301)
+    assert await sender.run_once() == 1
+    assert posted(fake_github, "b" * 40) == [("opp_ci/smoke", "pending")]
+
+
+async def test_app_started_with_background_sends_queued_calls(aiohttp_client, github_settings, engine, db, fake_github):
+    from opp_ci_app.app import create_app
+    from opp_ci_app.appkeys import SERVICES
+    from opp_ci_app.github import sender as sender_module
+
+    app = create_app(github_settings, engine=engine, background=True)
+    await aiohttp_client(app)
+    await queue(db, status(state="success", description="passed"))
+    sender_module.wake(app)
+    for _ in range(100):
+        if posted(fake_github):
+            break
+        await asyncio.sleep(0.05)
+    assert posted(fake_github) == [("opp_ci/smoke", "success")]
+    assert isinstance(app[SERVICES]["sender"], Sender)

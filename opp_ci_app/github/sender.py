@@ -295,11 +295,17 @@ class Sender:
                 failures += 1
                 delay = backoff(failures, self.rand)
                 log.exception("the GitHub sender failed; trying again in %.0f s", delay)
-            self._wake.clear()
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout=delay)
-            except asyncio.TimeoutError:
-                pass
+            await self._sleep_or_wake(delay)
+
+    async def _sleep_or_wake(self, delay: float) -> None:
+        self._wake.clear()
+        sleeping = asyncio.ensure_future(self.sleep(delay))
+        woken = asyncio.ensure_future(self._wake.wait())
+        try:
+            await asyncio.wait((sleeping, woken), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleeping.cancel()
+            woken.cancel()
 
     async def _handle(self, claimed: Claimed) -> None:
         extra = {"call_id": claimed.id, "kind": claimed.kind, "repository": f"{claimed.github_owner}/{claimed.github_repo}"}
@@ -405,6 +411,10 @@ class Sender:
                 if int(exc.status_code) == 401 and installation_id is not None:
                     self.auth.forget_installation_token(installation_id)
                 raise
+            finally:
+                # The last call used up the token's quota: let the others wait for the reset.
+                if client.rate_limit is not None and client.rate_limit.remaining <= 0:
+                    self._blocked_until[key] = client.rate_limit.reset_datetime
         async with self.sessionmaker.begin() as session:
             await self._finish(
                 claimed, session, state=CallState.DONE, sent_at=self.clock(), last_error=None,

@@ -53,8 +53,8 @@ Failures
 ``fake.fail(method, path_pattern, status, headers=None, times=1, delay=None, body=None)``: the next
 ``times`` requests (``None``: all until ``fake.clear_failures()``) whose method matches and whose path
 ``re.fullmatch``-es ``path_pattern`` wait ``delay`` seconds, then answer ``status`` with ``headers`` and
-a GitHub-style JSON ``{"message": ...}`` body (the request is not carried out). ``status=None`` with a
-delay only slows the request down and then carries it out. Examples: ``fail("POST", r"/repos/.*/statuses/.*",
+a GitHub-style JSON ``{"message": ...}`` body (the request is not carried out). ``status=None`` carries the
+request out after the delay and adds ``headers`` to the normal answer (a slow GitHub, or a quota just used up). Examples: ``fail("POST", r"/repos/.*/statuses/.*",
 503, times=3)``, ``fail("POST", ..., 403, headers={"retry-after": "30"})``, ``fail("POST", ..., 429)``,
 ``fail("POST", ..., 403, headers={"x-ratelimit-remaining": "0", "x-ratelimit-reset": "1700000000"})``,
 ``fail("POST", ..., 504, delay=2)`` for a client timeout.
@@ -416,6 +416,8 @@ class FakeGitHub:
             response = await handler(request)
             for name, value in self._rate_headers(token).items():
                 response.headers.setdefault(name, value)
+            if failure is not None:
+                response.headers.update(failure.headers)
         call.status = response.status
         return response
 
