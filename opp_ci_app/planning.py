@@ -303,6 +303,7 @@ async def insert_matrix_runs(session: AsyncSession, settings: Settings, items: S
                    "github_status_url", "git_ref", "created_at")
     run_rows = []
     calls = []
+    pr_matrix_runs: list[int] = []
     queued: dict[int, Queued] = {id(item): Queued() for item in items}
     for matrix_run_id, row, (item, planned) in zip(ids, matrix_rows, owners):
         base = {k: row[k] for k in run_columns}
@@ -311,13 +312,18 @@ async def insert_matrix_runs(session: AsyncSession, settings: Settings, items: S
              "status": RunStatus.QUEUED, "reclaims": 0}
             for cell in planned.matrix.cells
         )
-        matrix_run = TestMatrixRun(id=matrix_run_id, **{k: v for k, v in row.items() if k not in ("created_at", "finished_at")})
-        calls.append(reporting.status_call(settings, matrix_run, [RunStatus.QUEUED] * len(planned.matrix.cells)))
+        if item.head.pr_number is None:
+            matrix_run = TestMatrixRun(id=matrix_run_id, **{k: v for k, v in row.items() if k not in ("created_at", "finished_at")})
+            calls.append(reporting.status_call(settings, matrix_run, [RunStatus.QUEUED] * len(planned.matrix.cells)))
+        else:
+            pr_matrix_runs.append(matrix_run_id)
         result = queued[id(item)]
         result.matrix_run_ids.append(matrix_run_id)
         result.runs_queued += len(planned.matrix.cells)
     await session.execute(insert(TestRun.__table__), run_rows)
     await enqueue(session, calls)
+    # A PR's runs also update its comment; the full path reads the runs back, which pushes need not.
+    await reporting.update_github_status(session, settings, pr_matrix_runs)
     return [queued[id(item)] for item in items]
 
 
