@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import os
 import re
 import stat
@@ -516,3 +517,23 @@ def test_ago(seconds_ago, text):
 @pytest.mark.parametrize("seconds, text", [(0.42, "0.4 s"), (12.4, "12 s"), (185, "3 min 05 s"), (3725, "1 h 02 min")])
 def test_duration(seconds, text):
     assert filters.duration(seconds) == text
+
+
+async def test_unusable_session_key_file_is_replaced(settings, engine, aiohttp_client):
+    path = settings.var_dir / SESSION_KEY_FILE
+    path.parent.mkdir(parents=True)
+    path.write_text("not a key\n")
+    client = await aiohttp_client(create_app(settings, engine=engine, background=False))
+    assert (await client.get("/login")).status == 200
+    assert path.read_text() != "not a key\n"
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+
+
+async def test_login_never_logs_the_token(client, make_token, caplog):
+    caplog.set_level(logging.INFO)
+    token = await make_token(Role.ADMIN, "alice")
+    await login(client, token)
+    csrf = CSRF_RE.search(await (await client.get("/login")).text())[1]
+    await client.post("/login", data={"token": token + "x", "csrf_token": csrf})
+    assert "web login with admin token" in caplog.text and "web login refused" in caplog.text
+    assert token not in caplog.text

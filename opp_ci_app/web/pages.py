@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from collections import defaultdict
 from typing import Any, Iterable
@@ -33,6 +34,7 @@ from ..statuses import NO_MATRIX_NAME, State, aggregate
 from .common import admin_form, csrf_protected, error_page, render, safe_next, setup_web
 from .session import current_admin, flash, log_in, log_out
 
+log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
 
 PAGE_SIZE = 50
@@ -425,8 +427,10 @@ async def login(request: web.Request, form: MultiDictProxy) -> web.StreamRespons
         async with request.app[SESSIONMAKER]() as session:
             row = await tokens.lookup(session, token.strip())
     if row is None or not row.role.allows(Role.ADMIN):
+        log.warning("web login refused from %s: invalid or not an admin token", request.remote)
         return await render(request, "login.html", {"next": next_path, "error": LOGIN_REFUSED}, status=403)
     await log_in(request, row)
+    log.info("web login with admin token %s (id %s) from %s", tokens.masked(row), row.id, request.remote)
     await flash(request, f"Logged in with admin token {row.name or tokens.masked(row)}.")
     raise web.HTTPSeeOther(next_path)
 
