@@ -145,10 +145,11 @@ class Delivery:
 
     @property
     def repository(self) -> str | None:
-        name = planning.field(self.event.data, "repository", "full_name", required=False)
-        if name is None and (pair := _safe_repository(self.event.data)):
+        repository = self.event.data.get("repository")
+        name = repository.get("full_name") if isinstance(repository, dict) else None
+        if not isinstance(name, str) and (pair := _safe_repository(self.event.data)):
             name = "/".join(pair)
-        return name[:REPOSITORY_MAX_LENGTH] if name else None
+        return name[:REPOSITORY_MAX_LENGTH] if isinstance(name, str) and name else None
 
     def may_write(self) -> bool:
         """True when a handler may write now; in the planning pass it marks the delivery instead."""
@@ -386,8 +387,9 @@ async def _write_together(session, settings, rules, projects, planned: list[tupl
                 delivery.took(queued)
             await record(session, deliveries)
         return {index: Outcome(Answer.OK, d.summary()) for index, d in planned}
-    except (DuplicateDelivery, DBAPIError):
-        log.info("bulk write of %d deliveries failed; writing them one at a time", len(planned))
+    except Exception:
+        # A duplicate that committed meanwhile (PostgreSQL), or anything else: isolate the culprit.
+        log.info("bulk write of %d deliveries failed; writing them one at a time", len(planned), exc_info=True)
     return {index: await handle_alone(session, settings, rules, d.event, projects) for index, d in planned}
 
 
