@@ -47,7 +47,18 @@ async def update_github_status(session: AsyncSession, settings: Settings, matrix
     ids = sorted(set(matrix_run_ids))
     if not ids:
         return
-    # Results for one matrix run are serialized here, so the last one to commit sees every other.
+    # Which PRs these belong to never changes, so it is read before any lock is taken.
+    pr_rows = await session.execute(
+        select(TestMatrixRun.project_id, TestMatrixRun.github_pr_number)
+        .where(TestMatrixRun.id.in_(ids), TestMatrixRun.github_pr_number.is_not(None))
+        .distinct()
+    )
+    prs = sorted((project_id, pr_number) for project_id, pr_number in pr_rows)
+    if session.bind.dialect.name == "postgresql":
+        # Lock order everywhere: PR comment locks, then matrix runs by id. SQLite's write lock serializes it all.
+        for project_id, pr_number in prs:
+            await session.execute(select(func.pg_advisory_xact_lock(_pr_lock_key(project_id, pr_number))))
+    # Results of one matrix run queue its status one after another: the last to commit sees every run.
     matrix_runs = {
         m.id: m
         for m in await session.scalars(
@@ -70,7 +81,6 @@ async def update_github_status(session: AsyncSession, settings: Settings, matrix
         calls.append(status_call(settings, matrix_run, run_statuses))
         if run_statuses and all(s.finished for s in run_statuses) and matrix_run.finished_at is None:
             matrix_run.finished_at = now
-    prs = sorted({(m.project_id, m.github_pr_number) for m in matrix_runs.values() if m.github_pr_number is not None})
     for project_id, pr_number in prs:
         touched = [m for m in matrix_runs.values() if (m.project_id, m.github_pr_number) == (project_id, pr_number)]
         call = await pr_comment_call(session, settings, project_id, pr_number, touched)
@@ -89,10 +99,10 @@ def _pr_lock_key(project_id: int, pr_number: int) -> int:
 async def pr_comment_call(
     session: AsyncSession, settings: Settings, project_id: int, pr_number: int, touched: list[TestMatrixRun]
 ) -> Call | None:
-    """The PR comment call for one project on one PR, or None when `touched` are not at the PR's head."""
-    if session.bind.dialect.name == "postgresql":
-        # Results of different matrix runs of one PR meet here; SQLite's write lock already serializes them.
-        await session.execute(select(func.pg_advisory_xact_lock(_pr_lock_key(project_id, pr_number))))
+    """The PR comment call for one project on one PR, or None when `touched` are not at the PR's head.
+
+    The caller holds the PR's lock (see update_github_status), so the body counts every committed result.
+    """
     newest = await session.scalar(
         select(TestMatrixRun.github_commit_sha)
         .where(TestMatrixRun.project_id == project_id, TestMatrixRun.github_pr_number == pr_number)

@@ -470,3 +470,29 @@ async def test_eight_results_at_once_end_with_the_final_status(client, db, worke
     body = comment.payload["body"]
     assert "1 failed, 7 passed of 8" in body
     assert body.count("| ✅ passed |") == 7 and body.count("| ❌ failed |") == 1
+
+
+async def test_results_for_two_matrix_runs_of_one_pr_at_once_end_in_a_complete_comment(client, db, worker_headers):
+    project_id = await make_project(db)
+    await queue_matrix_run(db, project_id, [{"kind": f"k{i}"} for i in range(4)], pr_number=12)
+    await queue_matrix_run(db, project_id, [{"kind": f"s{i}"} for i in range(4)], matrix_name="smoke", pr_number=12)
+    run_ids = [await claim(client, db, worker_headers, f"w{i}") for i in range(8)]
+    answers = await asyncio.gather(*(report(client, worker_headers, run_id, "PASS") for run_id in run_ids))
+    assert [a.status for a in answers] == [200] * 8
+    [comment] = await pending_calls(db, "pr_comment")
+    assert "### ✅ opp_ci: inet — success" in comment.payload["body"]
+    assert comment.payload["body"].count("| ✅ passed |") == 8
+
+
+async def test_the_app_runs_the_reaper_in_the_background(aiohttp_client, settings, engine, db, worker_headers):
+    app = create_app(settings.replace(worker_lease_seconds=1), engine=engine, background=True)
+    client = await aiohttp_client(app)
+    project_id = await make_project(db)
+    await queue_matrix_run(db, project_id, [{"kind": "smoke"}])
+    run_id = await claim(client, db, worker_headers)
+    for _ in range(100):
+        await asyncio.sleep(0.1)
+        run = await get_run(db, run_id)
+        if run.status == RunStatus.QUEUED:
+            break
+    assert (run.status, run.reclaims) == (RunStatus.QUEUED, 1)
