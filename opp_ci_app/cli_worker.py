@@ -17,6 +17,8 @@ from urllib.parse import urlsplit
 import aiohttp
 import click
 
+from .workers import ResultCode
+
 DEFAULT_URL = "http://127.0.0.1:8080"
 DEFAULT_POLL_INTERVAL = 5.0
 DEFAULT_LEASE_SECONDS = 300
@@ -49,7 +51,7 @@ class LeaseLost(Exception):
 
 @dataclasses.dataclass
 class Outcome:
-    result_code: str
+    result_code: ResultCode
     exit_code: int | None
     seconds: float
     stdout: str
@@ -135,7 +137,7 @@ async def run_command(command: str, env: dict[str, str], lease_watch: Callable[[
         details = f"killed by signal {signal.Signals(-code).name}"
     else:
         details = f"exit code {code}"
-    return Outcome("PASS" if code == 0 else "FAIL", code, seconds, stdout, stderr, details)
+    return Outcome(ResultCode.PASS if code == 0 else ResultCode.FAIL, code, seconds, stdout, stderr, details)
 
 
 class Server:
@@ -237,16 +239,16 @@ async def handle_job(server: Server, command: str, job: dict[str, Any], lease_se
             await asyncio.wait_for(
                 server.post(
                     "/api/workers/result",
-                    {"run_id": run_id, "worker": server.name, "result_code": "ERROR", "details": "the worker was stopped"},
+                    {"run_id": run_id, "worker": server.name, "result_code": ResultCode.ERROR, "details": "the worker was stopped"},
                 ),
                 5,
             )
         raise
     except OSError as exc:
-        outcome = Outcome("ERROR", None, 0.0, "", str(exc), f"the command could not start: {exc.strerror or exc}")
+        outcome = Outcome(ResultCode.ERROR, None, 0.0, "", str(exc), f"the command could not start: {exc.strerror or exc}")
     answer = await server.report(run_id, outcome)
     line = f"{_describe(job)}: {outcome.result_code} in {outcome.seconds:.1f}s"
-    if outcome.result_code != "PASS":
+    if outcome.result_code != ResultCode.PASS:
         line += f" ({outcome.details})"
     if answer.get("dropped"):
         line += f"; the server dropped the result: {answer['dropped']}"

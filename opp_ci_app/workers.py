@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
+import enum
 import logging
 import math
 from typing import Any, AsyncIterator
@@ -36,7 +37,7 @@ REAPER_INTERVAL_MAX = 30.0
 REAPER_KEY = web.AppKey("reaper", asyncio.Task)
 
 
-class ResultCode:
+class ResultCode(enum.StrEnum):
     PASS = "PASS"
     FAIL = "FAIL"
     ERROR = "ERROR"
@@ -56,7 +57,7 @@ class Result:
     """A worker's report on one run, checked."""
 
     run_id: int
-    result_code: str
+    result_code: ResultCode
     worker: str | None = None
     test_exec_seconds: float | None = None
     stdout: str | None = None
@@ -114,6 +115,7 @@ def parse_result(body: dict[str, Any]) -> Result:
     code = body.get("result_code")
     if not isinstance(code, str) or code not in RESULT_STATUS:
         raise BadBody(f"result_code must be one of {', '.join(RESULT_STATUS)}", "result_code")
+    code = ResultCode(code)
     seconds = body.get("test_exec_seconds")
     if seconds is not None:
         if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
@@ -216,7 +218,7 @@ async def finish_run(session: AsyncSession, settings: Settings, result: Result) 
         return 200, answer
     now = utcnow()
     run.status = RESULT_STATUS[result.result_code]
-    run.result_code = result.result_code
+    run.result_code = result.result_code.value
     run.test_exec_seconds = result.test_exec_seconds
     run.stdout, run.stderr, run.details = result.stdout, result.stderr, result.details
     run.finished_at = now
