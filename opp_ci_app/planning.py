@@ -6,6 +6,7 @@ import datetime as dt
 import enum
 import logging
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any, Iterable, Sequence
 
 from sqlalchemy import func, insert, select, update
@@ -54,6 +55,11 @@ class MatrixInfo:
     id: int | None
     name: str
     cells: tuple[Cell, ...]
+    labels: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        # Worked out once per cached matrix, not once per queued run.
+        object.__setattr__(self, "labels", tuple(cell.label for cell in self.cells))
 
 
 @dataclass(frozen=True)
@@ -231,7 +237,7 @@ async def unfinished_heads(session: AsyncSession, items: Iterable[tuple[int, Hea
     unfinished = TestMatrixRun.finished_at.is_(None)
     # Plain IN lists on each column (not row values) so that SQLite uses the head index.
     if refs:
-        rows = await session.execute(
+        rows = await (await session.connection()).execute(
             select(TestMatrixRun.project_id, TestMatrixRun.trigger, TestMatrixRun.git_ref)
             .where(
                 unfinished,
@@ -243,7 +249,7 @@ async def unfinished_heads(session: AsyncSession, items: Iterable[tuple[int, Hea
         )
         found.update(row for row in map(tuple, rows) if row in refs)
     if prs:
-        rows = await session.execute(
+        rows = await (await session.connection()).execute(
             select(TestMatrixRun.project_id, TestMatrixRun.github_pr_number)
             .where(
                 unfinished,
@@ -294,7 +300,8 @@ async def insert_matrix_runs(session: AsyncSession, settings: Settings, items: S
     table = TestMatrixRun.__table__
     # Matched back by (delivery, matrix name), unique per row: asking SQLAlchemy to keep the
     # parameter order would make it insert one row per statement on SQLite.
-    returned = await session.execute(
+    connection = await session.connection()
+    returned = await connection.execute(
         insert(table).returning(table.c.id, table.c.delivery_guid, table.c.matrix_name), matrix_rows
     )
     id_of = {(guid, name): matrix_run_id for matrix_run_id, guid, name in returned}
@@ -308,19 +315,20 @@ async def insert_matrix_runs(session: AsyncSession, settings: Settings, items: S
     for matrix_run_id, row, (item, planned) in zip(ids, matrix_rows, owners):
         base = {k: row[k] for k in run_columns}
         run_rows.extend(
-            {**base, "matrix_run_id": matrix_run_id, "cell": cell.values, "label": cell.label,
+            {**base, "matrix_run_id": matrix_run_id, "cell": cell.values, "label": label,
              "status": RunStatus.QUEUED, "reclaims": 0}
-            for cell in planned.matrix.cells
+            for cell, label in zip(planned.matrix.cells, planned.matrix.labels)
         )
         if item.head.pr_number is None:
-            matrix_run = TestMatrixRun(id=matrix_run_id, **{k: v for k, v in row.items() if k not in ("created_at", "finished_at")})
+            # status_call only reads these attributes; a plain object is cheaper than an ORM instance.
+            matrix_run = SimpleNamespace(id=matrix_run_id, **row)
             calls.append(reporting.status_call(settings, matrix_run, [RunStatus.QUEUED] * len(planned.matrix.cells)))
         else:
             pr_matrix_runs.append(matrix_run_id)
         result = queued[id(item)]
         result.matrix_run_ids.append(matrix_run_id)
         result.runs_queued += len(planned.matrix.cells)
-    await session.execute(insert(TestRun.__table__), run_rows)
+    await connection.execute(insert(TestRun.__table__), run_rows)
     await enqueue(session, calls)
     # A PR's runs also update its comment; the full path reads the runs back, which pushes need not.
     await reporting.update_github_status(session, settings, pr_matrix_runs)
