@@ -1,6 +1,7 @@
 """The durable queue's sender against the fake GitHub: retries, rate limits, coalescing, leases, sticky comments."""
 
 import asyncio
+import dataclasses
 import datetime as dt
 import logging
 
@@ -500,3 +501,77 @@ async def test_app_started_with_background_sends_queued_calls(aiohttp_client, gi
         await asyncio.sleep(0.05)
     assert posted(fake_github) == [("opp_ci/smoke", "success")]
     assert isinstance(app[SERVICES]["sender"], Sender)
+
+
+KILLED_SENDER = """
+import asyncio, sys
+import aiohttp
+from opp_ci_app.db import create_engine, sessionmaker
+from opp_ci_app.github.auth import GitHubAuth
+from opp_ci_app.github.sender import Sender
+
+async def main():
+    engine = create_engine(sys.argv[1])
+    async with aiohttp.ClientSession() as http:
+        sender = Sender(sessionmaker(engine), GitHubAuth(sys.argv[2], token=sys.argv[3]), http, name="doomed")
+        await sender.run_once()
+
+asyncio.run(main())
+"""
+
+
+async def test_kill_9_while_sending_loses_nothing(database_url, db, fake_github, make_sender, github_clock):
+    import os
+    import sys
+    from pathlib import Path
+
+    await queue(db, status(state="success", description="passed"))
+    # GitHub is slow, so the process is in the middle of sending when it is killed.
+    fake_github.fail("POST", r"/repos/.*/statuses/.*", 504, delay=60)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", KILLED_SENDER, database_url, fake_github.url, USER_TOKEN,
+        cwd=Path(__file__).resolve().parents[1], env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    )
+    try:
+        for _ in range(300):
+            if fake_github.requests("POST", r"/repos/.*/statuses/.*"):
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("the doomed sender never sent")
+    finally:
+        proc.kill()
+        await proc.wait()
+    [row] = await rows(db)
+    assert (row.state, row.lease_owner) == (CallState.PENDING, "doomed")
+    fake_github.clear_failures()
+    sender = make_sender()
+    assert await sender.run_once() == 0
+    github_clock.now = row.leased_until + dt.timedelta(seconds=1)
+    assert await sender.run_once() == 1
+    assert posted(fake_github) == [("opp_ci/smoke", "success")]
+
+
+async def test_claims_racing_for_one_key_yield(db, fake_github, make_sender):
+    # What two senders on PostgreSQL can end up with when their snapshots cross: both rows of one key leased.
+    await queue(db, status(state="pending"))
+    first = make_sender(name="first")
+    [older] = await first.claim()
+    async with db.begin() as session:
+        newer_id = (
+            await session.execute(
+                insert(GitHubCall).values(
+                    kind=CallKind.STATUS, coalesce_key=older.coalesce_key, github_owner=OWNER, github_repo=REPO,
+                    payload=status(state="success").payload, state=CallState.PENDING, attempts=0,
+                    next_attempt_at=utcnow(), created_at=utcnow(), lease_owner="second",
+                    leased_until=utcnow() + dt.timedelta(minutes=3),
+                ).returning(GitHubCall.id)
+            )
+        ).scalar_one()
+    second = make_sender(name="second")
+    newer = dataclasses.replace(older, id=newer_id)
+    assert await first._yield_to_others([older], first.clock()) == []
+    assert await second._yield_to_others([newer], second.clock()) == [newer]
+    older_row, newer_row = await rows(db)
+    assert (older_row.state, older_row.lease_owner) == (CallState.SUPERSEDED, None)
+    assert (newer_row.state, newer_row.lease_owner) == (CallState.PENDING, "second")

@@ -16,7 +16,7 @@ from typing import Any, AsyncIterator
 import aiohttp
 import gidgethub
 from aiohttp import web
-from sqlalchemy import and_, exists, or_, select, update
+from sqlalchemy import exists, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import aliased
@@ -24,7 +24,7 @@ from sqlalchemy.orm import aliased
 from ..appkeys import HTTP_SESSION, SERVICES, SESSIONMAKER, SETTINGS
 from ..catalog import find_project_by_repo
 from ..models import CallState, GitHubCall, PrComment, Project, utcnow
-from .auth import AuthMode, GitHubAuth, NotConfigured
+from .auth import AuthMode, GitHubAuth
 from .client import GitHubClient, pr_comment_marker
 from .queue import CallKind
 
@@ -52,6 +52,7 @@ class Claimed:
 
     id: int
     kind: str
+    coalesce_key: str
     github_owner: str
     github_repo: str
     project_id: int | None
@@ -244,6 +245,7 @@ class Sender:
                 .returning(
                     GitHubCall.id,
                     GitHubCall.kind,
+                    GitHubCall.coalesce_key,
                     GitHubCall.github_owner,
                     GitHubCall.github_repo,
                     GitHubCall.project_id,
@@ -253,7 +255,35 @@ class Sender:
                 .execution_options(synchronize_session=False)
             )
             claimed = [Claimed(*row) for row in rows]
+        if claimed:
+            claimed = await self._yield_to_others(claimed, now)
         return sorted(claimed, key=lambda c: c.id)
+
+    async def _yield_to_others(self, claimed: list[Claimed], now: dt.datetime) -> list[Claimed]:
+        """Give up calls whose key another sender claimed at the same moment (READ COMMITTED races).
+
+        Each sender looks after its own claim is committed, so of two racing claims at least one sees
+        the other: the older call is obsolete (superseded), the newer one waits for the next round.
+        """
+        by_key = {c.coalesce_key: c for c in claimed}
+        async with self.sessionmaker.begin() as session:
+            others = await session.execute(
+                select(GitHubCall.id, GitHubCall.coalesce_key).where(
+                    GitHubCall.coalesce_key.in_(list(by_key)),
+                    GitHubCall.id.not_in([c.id for c in claimed]),
+                    GitHubCall.lease_owner.is_not(None),
+                    GitHubCall.lease_owner != self.name,
+                    GitHubCall.leased_until > now,
+                )
+            )
+            kept = dict(by_key)
+            for other_id, key in others:
+                mine = kept.pop(key, None)
+                if mine is None:
+                    continue
+                values: dict[str, Any] = {"state": CallState.SUPERSEDED} if mine.id < other_id else {}
+                await self._finish(mine, session, **values)
+        return list(kept.values())
 
     async def _finish(self, claimed: Claimed, session: AsyncSession, **values: Any) -> bool:
         """Write the outcome if we still hold the lease; False when another sender took it over."""
@@ -309,15 +339,15 @@ class Sender:
 
     async def _handle(self, claimed: Claimed) -> None:
         extra = {"call_id": claimed.id, "kind": claimed.kind, "repository": f"{claimed.github_owner}/{claimed.github_repo}"}
-        try:
+        if claimed.kind == CallKind.WORKFLOW_DISPATCH and not self.auth.actions_token:
+            log.warning("%s (call %s)", ACTIONS_TOKEN_MISSING, claimed.id, extra=extra)
             async with self.sessionmaker.begin() as session:
-                if claimed.kind == CallKind.WORKFLOW_DISPATCH and not self.auth.actions_token:
-                    log.warning("%s (call %s)", ACTIONS_TOKEN_MISSING, claimed.id, extra=extra)
-                    await self._finish(
-                        claimed, session, state=CallState.FAILED, last_error=ACTIONS_TOKEN_MISSING,
-                        attempts=claimed.attempts + 1,
-                    )
-                    return
+                await self._finish(
+                    claimed, session, state=CallState.FAILED, last_error=ACTIONS_TOKEN_MISSING,
+                    attempts=claimed.attempts + 1,
+                )
+            return
+        try:
             await self._send(claimed, extra)
         except _Release as release:
             async with self.sessionmaker.begin() as session:
