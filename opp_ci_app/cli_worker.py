@@ -30,6 +30,7 @@ RETRY_MAX_SECONDS = 60.0
 KILL_GRACE_SECONDS = 5.0
 REQUEST_TIMEOUT = aiohttp.ClientTimeout(total=30, connect=10)
 ENV_PREFIX = "OPP_CI_"
+EXIT_TERMINATED = 128 + signal.SIGTERM
 # The command is the project's code, not the worker's: it does not get the worker's token.
 HIDDEN_FROM_COMMAND = ("OPP_CI_WORKER_TOKEN", "OPP_CI_WORKER_TOKEN_FILE")
 TOKEN_HELP = "create one with: opp_ci token create --role worker --name NAME"
@@ -360,8 +361,14 @@ def worker(command: str, name: str | None, url: str, token: str | None, once: bo
         raise WorkerError("--name must be 1 to 100 printable characters")
 
     async def main() -> None:
+        # SIGTERM (systemd stop, kill) ends the worker like Ctrl-C: the command is stopped and reported.
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, asyncio.current_task().cancel)
         headers = {"Authorization": f"Bearer {secret}"}
         async with aiohttp.ClientSession(headers=headers, timeout=REQUEST_TIMEOUT) as session:
             await work(Server(session, url.rstrip("/"), name), command, once=once, poll_interval=poll_interval)
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except asyncio.CancelledError:
+        click.echo("worker stopped")
+        raise SystemExit(EXIT_TERMINATED) from None

@@ -197,3 +197,20 @@ async def test_help_documents_the_environment():
     assert code == 0
     for text in ("--command CMD", "OPP_CI_KIND", "OPP_CI_COMMIT_SHA", "OPP_CI_WORKER_TOKEN", "--once", "--poll-interval", "opp_ci worker --command true"):
         assert text in out
+
+
+async def test_sigterm_stops_the_command_and_reports_error(server, db, worker_token, tmp_path):
+    project_id = await make_project(db)
+    _mr, [run_id] = await queue_matrix_run(db, project_id, [{"kind": "smoke"}])
+    marker = tmp_path / "still-running"
+    process = await start_worker(
+        "--command", f"sleep 2; touch {marker}", "--url", server, env=clean_env(OPP_CI_WORKER_TOKEN=worker_token)
+    )
+    await wait_for_status(db, run_id, RunStatus.RUNNING)
+    process.terminate()
+    code, out, _err = await finish(process)
+    assert code == 143
+    assert out.splitlines()[-2:] == [f"run {run_id} smoke: stopped; reporting ERROR", "worker stopped"]
+    assert (await get_run(db, run_id)).status == RunStatus.ERROR
+    await asyncio.sleep(2.5)
+    assert not marker.exists()  # the command was stopped with the worker, not left behind
