@@ -214,3 +214,31 @@ async def test_sigterm_stops_the_command_and_reports_error(server, db, worker_to
     assert (await get_run(db, run_id)).status == RunStatus.ERROR
     await asyncio.sleep(2.5)
     assert not marker.exists()  # the command was stopped with the worker, not left behind
+
+
+async def test_a_result_waits_for_a_restarted_server(settings, engine, db, worker_token):
+    """The server goes away while the command runs; the worker keeps the result until it is back."""
+    from aiohttp.test_utils import TestServer
+
+    port = free_port()
+    settings = settings.replace(worker_lease_seconds=3)
+    first = TestServer(create_app(settings, engine=engine, background=False), host="127.0.0.1", port=port)
+    await first.start_server()
+    project_id = await make_project(db)
+    _mr, [run_id] = await queue_matrix_run(db, project_id, [{"kind": "smoke"}])
+    process = await start_worker(
+        "--command", "sleep 2", "--url", f"http://127.0.0.1:{port}", "--once", env=clean_env(OPP_CI_WORKER_TOKEN=worker_token)
+    )
+    await wait_for_status(db, run_id, RunStatus.RUNNING)
+    await first.close()
+    await asyncio.sleep(3.5)
+    second = TestServer(create_app(settings, engine=engine, background=False), host="127.0.0.1", port=port)
+    await second.start_server()
+    try:
+        code, out, err = await finish(process)
+    finally:
+        await second.close()
+    assert (code, err) == (0, "")
+    assert f"run {run_id}: cannot report yet (cannot reach http://127.0.0.1:{port}" in out
+    assert out.splitlines()[-1].startswith(f"run {run_id} smoke: PASS in ")
+    assert (await get_run(db, run_id)).status == RunStatus.PASSED
