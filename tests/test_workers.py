@@ -496,3 +496,20 @@ async def test_the_app_runs_the_reaper_in_the_background(aiohttp_client, setting
         if run.status == RunStatus.QUEUED:
             break
     assert (run.status, run.reclaims) == (RunStatus.QUEUED, 1)
+
+
+async def test_a_result_with_a_whole_log_is_accepted_and_keeps_its_tail(client, db, worker_headers):
+    project_id = await make_project(db)
+    await queue_matrix_run(db, project_id, [{"kind": "smoke"}, {"kind": "build"}])
+    run_id = await claim(client, db, worker_headers)
+    log = "".join(f"line {i}\n" for i in range(400_000))  # about 4.6 MB, over the usual 1 MiB body limit
+    resp = await report(client, worker_headers, run_id, "FAIL", stdout=log, details="d" * 20_000)
+    assert resp.status == 200, await resp.text()
+    run = await get_run(db, run_id)
+    assert run.stdout.endswith("line 399999\n") and len(run.stdout) < OUTPUT_MAX_CHARS + 100
+    assert run.details == "d" * 16384 + "\n[opp_ci: cut to 16384 characters]"
+    other = await claim(client, db, worker_headers)
+    resp = await report(client, worker_headers, other, "PASS", stdout="x" * (17 * 1024 * 1024))
+    assert resp.status == 413
+    assert "error" in await resp.json()
+    assert (await get_run(db, other)).status == RunStatus.RUNNING
