@@ -164,7 +164,7 @@ async def read_result_body(request: web.Request) -> dict[str, Any]:
 
 
 async def begin_write(session: AsyncSession) -> None:
-    """Take SQLite's write lock first, so what this transaction reads cannot go stale under it.
+    """As the first statement: take SQLite's write lock, so what this transaction reads cannot go stale.
 
     PostgreSQL locks rows instead (FOR UPDATE); there this does nothing.
     """

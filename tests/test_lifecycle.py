@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import os
-import sys
 
 import pytest
 from sqlalchemy import select
@@ -14,11 +12,10 @@ from opp_ci_app import catalog
 from opp_ci_app.app import create_app
 from opp_ci_app.github.client import pr_comment_marker
 from opp_ci_app.github.sender import LEASE, Sender
-from opp_ci_app.models import CallState, GitHubCall, Role, RunStatus, utcnow
+from opp_ci_app.models import CallState, GitHubCall, Role, utcnow
 from opp_ci_app.workers import reap_once
 from tests.plugins.fake_github import drain
 from tests.test_cli_worker import clean_env, run_worker
-from tests.test_workers import get_run
 from tests.webhooks import deliver, pr_payload, push_payload
 
 OWNER, REPO = "inet-framework", "inet"
