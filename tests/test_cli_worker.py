@@ -10,6 +10,7 @@ import sys
 import time
 
 import pytest
+from aiohttp.test_utils import TestServer
 from sqlalchemy import update
 
 from opp_ci_app.app import create_app
@@ -218,8 +219,6 @@ async def test_sigterm_stops_the_command_and_reports_error(server, db, worker_to
 
 async def test_a_result_waits_for_a_restarted_server(settings, engine, db, worker_token):
     """The server goes away while the command runs; the worker keeps the result until it is back."""
-    from aiohttp.test_utils import TestServer
-
     port = free_port()
     settings = settings.replace(worker_lease_seconds=3)
     first = TestServer(create_app(settings, engine=engine, background=False), host="127.0.0.1", port=port)

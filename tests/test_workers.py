@@ -9,6 +9,7 @@ import pytest
 from sqlalchemy import func, select, update
 
 from opp_ci_app.app import create_app
+from opp_ci_app.db import create_engine, sessionmaker
 from opp_ci_app.models import CallState, GitHubCall, Project, Role, RunStatus, TestMatrixRun, TestRun, utcnow
 from opp_ci_app.workers import MAX_RECLAIMS, OUTPUT_MAX_CHARS, reap_once
 
@@ -513,3 +514,20 @@ async def test_a_result_with_a_whole_log_is_accepted_and_keeps_its_tail(client, 
     assert resp.status == 413
     assert "error" in await resp.json()
     assert (await get_run(db, other)).status == RunStatus.RUNNING
+
+
+async def test_two_reapers_at_once_reclaim_each_run_once(client, db, worker_headers, settings):
+    project_id = await make_project(db)
+    await queue_matrix_run(db, project_id, [{"kind": f"k{i}"} for i in range(6)])
+    run_ids = [await claim(client, db, worker_headers, f"w{i}") for i in range(6)]
+    other_engine = create_engine(settings.database_url)
+    try:
+        later = utcnow() + dt.timedelta(seconds=settings.worker_lease_seconds + 1)
+        first, second = await asyncio.gather(
+            reap_once(db, settings, now=later), reap_once(sessionmaker(other_engine), settings, now=later)
+        )
+    finally:
+        await other_engine.dispose()
+    assert sorted(first.requeued + second.requeued) == run_ids
+    for run_id in run_ids:
+        assert (await get_run(db, run_id)).reclaims == 1
