@@ -133,6 +133,8 @@ class Delivery:
     planned: list[PlannedRun] = field(default_factory=list)
     to_queue: planning.QueueItem | None = None
     needs_writes: bool = False
+    # The branch, tag or PR the delivery queues or cancels on (set by the planning pass).
+    head_key: tuple | None = None
 
     @property
     def guid(self) -> str:
@@ -196,6 +198,7 @@ class Delivery:
         item = planning.QueueItem(project.id, project.github_owner, project.github_repo, head, plans, self.guid)
         if self.planning_only:
             self.to_queue = item
+            self.head_key = planning.head_key(project.id, head)
             return
         self.took(await planning.queue_matrix_runs(self.session, self.settings, item))
 
@@ -211,6 +214,7 @@ class Delivery:
         project = self.project
         assert project is not None
         if not self.may_write():
+            self.head_key = planning.head_key(project.id, head)
             self.ignore(why)
             return
         touched = await planning.cancel_head(self.session, self.settings, project.id, head)
@@ -359,12 +363,13 @@ async def process_batch(
         outcome = await _guarded(event.delivery_id, event.event, plan)
         if index not in plans:
             outcomes[index] = outcome
+    await planning.lock_heads(session, {d.head_key for d in plans.values() if d.head_key})
     busy = await planning.unfinished_heads(
         session, [(d.to_queue.project_id, d.to_queue.head) for d in plans.values() if d.to_queue]
     )
     together: list[tuple[int, Delivery]] = []
     for index, delivery in plans.items():
-        key = planning.head_key(delivery.to_queue.project_id, delivery.to_queue.head) if delivery.to_queue else None
+        key = delivery.head_key
         if delivery.needs_writes or key in busy:
             outcomes.update(await _write_together(session, settings, rules, projects, together))
             together = []

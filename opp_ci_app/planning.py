@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import hashlib
 import logging
 from dataclasses import dataclass, field
 from types import SimpleNamespace
@@ -202,6 +203,7 @@ async def cancel_queued(session: AsyncSession, settings: Settings, matrix_run_id
 
 async def cancel_head(session: AsyncSession, settings: Settings, project_id: int, head: Head) -> list[int]:
     """Cancel the queued runs of every unfinished matrix run of a branch, tag or PR (deleted or closed)."""
+    await lock_heads(session, [head_key(project_id, head)])
     ids = list(
         await session.scalars(
             select(TestMatrixRun.id).where(*_same_head(project_id, head), TestMatrixRun.finished_at.is_(None))
@@ -227,6 +229,25 @@ def head_key(project_id: int, head: Head) -> tuple[int, str, str | int | None]:
     if head.trigger is Trigger.PULL_REQUEST:
         return project_id, head.trigger.value, head.pr_number
     return project_id, head.trigger.value, head.git_ref
+
+
+def _lock_id(key: tuple) -> int:
+    """A stable signed 64-bit advisory lock id for one head."""
+    digest = hashlib.sha256(f"opp_ci:head:{key!r}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+async def lock_heads(session: AsyncSession, keys: Iterable[tuple]) -> None:
+    """On PostgreSQL, serialize transactions queuing or cancelling on the same heads (held until commit).
+
+    Another transaction (another writer or app process) working on one of these heads
+    then commits first, and what it queued is seen here and superseded. SQLite has one
+    writer at a time already.
+    """
+    if session.bind.dialect.name != "postgresql":
+        return
+    for lock_id in sorted({_lock_id(k) for k in keys}):
+        await session.execute(select(func.pg_advisory_xact_lock(lock_id)))
 
 
 async def unfinished_heads(session: AsyncSession, items: Iterable[tuple[int, Head]]) -> set[tuple]:
@@ -340,6 +361,7 @@ async def queue_matrix_runs(session: AsyncSession, settings: Settings, item: Que
     if not item.planned:
         return Queued()
     rule_ids = sorted({rule_id for p in item.planned for rule_id in p.rule_ids})
+    await lock_heads(session, [head_key(item.project_id, item.head)])
     older = await superseded(session, item.project_id, item.head, rule_ids)
     # Cancel first: a final status of an older run on the same commit must not replace the new pending one.
     cancelled = await cancel_queued(session, settings, older)

@@ -412,15 +412,31 @@ async def test_closed_pr_cancels_only_that_pr(client, db, inet):
     assert await run_statuses(db, eight["matrix_runs"][0]) == [RunStatus.QUEUED]
 
 
+async def one_head_left_queued(db, count: int) -> None:
+    async with db() as s:
+        rows = (await s.execute(select(TestRun.matrix_run_id, TestRun.status))).all()
+    queued = {m for m, status in rows if status == RunStatus.QUEUED}
+    assert len(queued) == 1
+    assert all(status == RunStatus.CANCELLED for m, status in rows if m not in queued)
+    assert len({m for m, _ in rows}) == count
+
+
 async def test_concurrent_pushes_to_one_branch_leave_one_head_queued(client, db, inet):
-    pushes = [push_payload("refs/heads/master", f"{i:040x}", timestamp=f"2026-01-01T10:{i:02d}:00Z") for i in range(10)]
+    # Same timestamps: none is older than another, so each one processed supersedes the ones before.
+    pushes = [push_payload("refs/heads/master", f"{i:040x}") for i in range(10)]
     answers = await asyncio.gather(*(deliver(client, "push", p) for p in pushes))
     assert all(status == 200 and body["runs_queued"] == 3 for status, body in answers)
-    async with db() as s:
-        queued = (await s.execute(
-            select(TestMatrixRun.github_commit_sha).join(TestRun).where(TestRun.status == RunStatus.QUEUED).distinct()
-        )).scalars().all()
-    assert queued == [f"{9:040x}"]
+    await one_head_left_queued(db, 10)
+
+
+async def test_two_app_processes_on_one_database_supersede_each_other(aiohttp_client, settings, engine, db, inet):
+    from opp_ci_app.app import create_app
+
+    clients = [await aiohttp_client(create_app(settings, engine=engine, background=False)) for _ in range(2)]
+    pushes = [push_payload("refs/heads/master", f"{i:040x}") for i in range(12)]
+    answers = await asyncio.gather(*(deliver(clients[i % 2], "push", p) for i, p in enumerate(pushes)))
+    assert all(status == 200 for status, _ in answers)
+    await one_head_left_queued(db, 12)
 
 
 # Duplicates.
