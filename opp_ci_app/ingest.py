@@ -434,14 +434,15 @@ class Ingest:
     def __init__(self, engine: AsyncEngine, settings: Settings, *, max_batch: int = MAX_BATCH) -> None:
         self.settings = settings
         self.rules = RulesCache()
-        if is_sqlite(str(engine.url)):
+        if is_sqlite(str(engine.url)) and engine.url.database not in (None, "", ":memory:"):
             self._engine: AsyncEngine | None = _writer_engine(engine)
             self._maker: async_sessionmaker[AsyncSession] = sessionmaker(self._engine)
             self._writers = SQLITE_WRITERS
         else:
+            # PostgreSQL (or an in-memory SQLite database, which only its own engine can see).
             self._engine = None
             self._maker = sessionmaker(engine)
-            self._writers = POSTGRESQL_WRITERS
+            self._writers = POSTGRESQL_WRITERS if not is_sqlite(str(engine.url)) else SQLITE_WRITERS
         self._max_batch = max_batch
         self._pending: collections.deque[tuple[sansio.Event, asyncio.Future[Outcome]]] = collections.deque()
         self._active = 0

@@ -64,3 +64,11 @@ def downgrade() -> None:
             op.execute(f"DROP TRIGGER IF EXISTS {name}")
     with op.batch_alter_table("projects") as batch_op:
         batch_op.drop_column("rules_version")
+    if op.get_bind().dialect.name == "sqlite":
+        # SQLite's batch mode rebuilds the table without expression indexes: put 0001's back.
+        op.create_index(
+            "uq_projects_github_owner_repo_lower",
+            "projects",
+            [sa.text("lower(github_owner)"), sa.text("lower(github_repo)")],
+            unique=True,
+        )
