@@ -1,4 +1,4 @@
-"""What GitHub should be told after runs change: commit statuses, the sticky PR comment (and notes)."""
+"""What GitHub should be told after runs change: commit statuses, the sticky PR comment, the notes dispatch."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Iterable
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from . import pr_comment, statuses
+from . import notes, pr_comment, statuses
 from .config import Settings
 from .github.queue import Call, CallKind, enqueue, pr_comment_key, status_key
 from .models import TestMatrixRun, TestRun, utcnow
@@ -75,19 +75,22 @@ async def update_github_status(session: AsyncSession, settings: Settings, matrix
     ):
         by_matrix_run[matrix_run_id].append(status)
     calls = []
+    just_finished = []
     now = utcnow()
     for matrix_run_id, run_statuses in by_matrix_run.items():
         matrix_run = matrix_runs[matrix_run_id]
         calls.append(status_call(settings, matrix_run, run_statuses))
         if run_statuses and all(s.finished for s in run_statuses) and matrix_run.finished_at is None:
             matrix_run.finished_at = now
+            just_finished.append(matrix_run)
     for project_id, pr_number in prs:
         touched = [m for m in matrix_runs.values() if (m.project_id, m.github_pr_number) == (project_id, pr_number)]
         call = await pr_comment_call(session, settings, project_id, pr_number, touched)
         if call is not None:
             calls.append(call)
     await enqueue(session, calls)
-    await _after_update(session, settings, list(matrix_runs.values()))
+    # A commit whose last run just finished gets its git note (through the notes workflow).
+    await notes.queue_dispatch_if_done(session, settings, just_finished)
 
 
 def _pr_lock_key(project_id: int, pr_number: int) -> int:
@@ -138,7 +141,3 @@ async def pr_comment_call(
         matrix_run_id=head[-1].id,
         payload={"pr_number": pr_number, "project_id": project_id, "project_name": first.project.name, "body": body},
     )
-
-
-async def _after_update(session: AsyncSession, settings: Settings, matrix_runs: list[TestMatrixRun]) -> None:
-    """Hook for what else follows a change of runs: the git notes dispatch (issue 6) goes here."""

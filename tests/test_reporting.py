@@ -7,8 +7,7 @@ import datetime as dt
 import pytest
 from sqlalchemy import select, update
 
-from opp_ci_app import reporting
-from opp_ci_app.models import RunStatus, TestMatrixRun, TestRun
+from opp_ci_app.models import GitHubCall, RunStatus, TestMatrixRun, TestRun
 from opp_ci_app.reporting import update_github_status
 from tests.test_workers import SHA, make_project, pending_calls, queue_matrix_run
 
@@ -144,18 +143,22 @@ async def test_a_newer_comment_body_replaces_the_unsent_one(db, settings):
     assert "### ✅ opp_ci: inet — success" in call.payload["body"]
 
 
-async def test_the_notes_hook_sees_every_updated_matrix_run(db, settings, monkeypatch):
-    seen = []
-
-    async def after_update(session, settings, matrix_runs):
-        seen.append(sorted(m.id for m in matrix_runs))
-
-    monkeypatch.setattr(reporting, "_after_update", after_update)
+async def test_notes_dispatch_is_queued_when_the_commits_last_run_finishes(db, settings):
+    settings = settings.replace(github_actions_token="ghs_actions")
     project_id = await make_project(db)
-    first, _ = await queue_matrix_run(db, project_id)
-    second, _ = await queue_matrix_run(db, project_id, sha="b" * 40)
-    await report(db, settings, second, first, first)
-    assert seen == [[first, second]]
+    first, first_runs = await queue_matrix_run(db, project_id)
+    second, second_runs = await queue_matrix_run(db, project_id, matrix_name="other")
+    await set_statuses(db, first_runs, [R.PASSED] * 3)
+    await report(db, settings, first)
+    assert await pending_calls(db, "workflow_dispatch") == []  # the commit still has queued runs
+    await set_statuses(db, second_runs, [R.PASSED, R.FAILED, R.PASSED])
+    await report(db, settings, second)
+    [call] = await pending_calls(db, "workflow_dispatch")
+    assert call.payload == {"workflow": "ci-notes.yml", "ref": None}
+    await report(db, settings, second)  # reported again: already finished, no second dispatch
+    async with db() as session:
+        kinds = list(await session.scalars(select(GitHubCall.kind).where(GitHubCall.kind == "workflow_dispatch")))
+    assert kinds == ["workflow_dispatch"]
 
 
 async def test_nothing_to_update_queues_nothing(db, settings):
