@@ -402,11 +402,30 @@ async def deliveries_page(request: web.Request) -> web.Response:
                 .limit(pager.size)
             )
         )
+        failed = await _failed_calls(session, [i for d in deliveries for i in (d.matrix_run_ids or [])])
     return await render(
         request,
         "deliveries.html",
-        {"deliveries": deliveries, "pager": pager, "webhook_url": f"{request.app[SETTINGS].public_url}{WEBHOOK_PATH}"},
+        {
+            "deliveries": deliveries,
+            "pager": pager,
+            "failed": failed,
+            "webhook_url": f"{request.app[SETTINGS].public_url}{WEBHOOK_PATH}",
+        },
     )
+
+
+async def _failed_calls(session: AsyncSession, matrix_run_ids: list[int]) -> dict[int, list[GitHubCall]]:
+    """GitHub calls that were given up on (GitHub refused them), by matrix run."""
+    failed: dict[int, list[GitHubCall]] = defaultdict(list)
+    if matrix_run_ids:
+        for call in await session.scalars(
+            select(GitHubCall)
+            .where(GitHubCall.matrix_run_id.in_(matrix_run_ids), GitHubCall.state == CallState.FAILED)
+            .order_by(GitHubCall.id)
+        ):
+            failed[call.matrix_run_id].append(call)
+    return failed
 
 
 # Login
