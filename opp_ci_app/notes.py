@@ -6,6 +6,7 @@ import logging
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import Iterable, Sequence
+from urllib.parse import urlencode
 
 from aiohttp import web
 from sqlalchemy import func, select
@@ -16,7 +17,7 @@ from .auth import require_role
 from .catalog import Invalid, NotFound, find_project_by_repo
 from .config import Settings
 from .github.queue import Call, CallKind, dispatch_key, enqueue
-from .models import Role, RunStatus, TestMatrixRun, TestRun
+from .models import Project, Role, RunStatus, TestMatrixRun, TestRun
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +46,9 @@ class RunLine:
     seconds: float | None
 
 
-def commit_url(settings: Settings, owner: str, repo: str, sha: str) -> str:
+def commit_url(settings: Settings, project_name: str, sha: str) -> str:
     """The app's page of one commit's runs."""
-    return f"{settings.public_url}/runs?repo={owner}/{repo}&sha={sha}"
+    return f"{settings.public_url}/runs?{urlencode({'project': project_name, 'commit': sha})}"
 
 
 def summary_line(statuses: Sequence[RunStatus]) -> str:
@@ -86,9 +87,10 @@ def note_text(runs: Sequence[RunLine], link: str) -> str:
 
 
 async def finished_commit_notes(
-    session: AsyncSession, settings: Settings, owner: str, repo: str, limit: int = DEFAULT_LIMIT
+    session: AsyncSession, settings: Settings, project: Project, limit: int = DEFAULT_LIMIT
 ) -> list[dict[str, str]]:
-    """`[{"sha", "note"}]` for the repository's commits whose runs have all finished, newest first."""
+    """`[{"sha", "note"}]` for the project's commits whose runs have all finished, newest first."""
+    owner, repo = project.github_owner, project.github_repo
     same_repo = (func.lower(TestRun.github_owner) == owner.lower(), func.lower(TestRun.github_repo) == repo.lower())
     unfinished = select(TestRun.github_commit_sha).where(
         *same_repo, TestRun.status.in_([RunStatus.QUEUED, RunStatus.RUNNING])
@@ -111,7 +113,7 @@ async def finished_commit_notes(
     )
     for sha, run_id, label, status, seconds in rows:
         by_sha[sha].append(RunLine(run_id, label, status, seconds))
-    return [{"sha": sha, "note": note_text(by_sha[sha], commit_url(settings, owner, repo, sha))} for sha in shas]
+    return [{"sha": sha, "note": note_text(by_sha[sha], commit_url(settings, project.name, sha))} for sha in shas]
 
 
 async def queue_dispatch_if_done(session: AsyncSession, settings: Settings, matrix_runs: Iterable[TestMatrixRun]) -> bool:
@@ -162,9 +164,10 @@ async def get_notes(request: web.Request) -> web.Response:
     if not 1 <= limit <= MAX_LIMIT:
         raise Invalid(f"limit must be between 1 and {MAX_LIMIT}", "limit")
     async with request.app[SESSIONMAKER]() as session:
-        if await find_project_by_repo(session, owner, repo) is None:
+        project = await find_project_by_repo(session, owner, repo)
+        if project is None:
             raise NotFound(f"no project for {owner}/{repo}", "repo")
-        notes = await finished_commit_notes(session, request.app[SETTINGS], owner, repo, limit)
+        notes = await finished_commit_notes(session, request.app[SETTINGS], project, limit)
     return web.json_response(notes)
 
 

@@ -4,6 +4,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -36,14 +37,14 @@ def test_summary_line(statuses, line):
 def test_note_text():
     text = note_text(
         [RunLine(8, "fingerprint/release", F, 75.0), RunLine(7, "smoke/release", P, 3.25)],
-        "http://ci.example.test/runs?repo=o/r&sha=abc",
+        "http://ci.example.test/runs?project=inet&commit=abc",
     )
     assert text == (
         "❌ 1 PASS, 1 FAIL (2 total)\n"
         "✅ smoke/release PASS 3.2s (run 7)\n"
         "❌ fingerprint/release FAIL 1m15s (run 8)\n"
         "\n"
-        "http://ci.example.test/runs?repo=o/r&sha=abc\n"
+        "http://ci.example.test/runs?project=inet&commit=abc\n"
     )
 
 
@@ -86,7 +87,7 @@ async def test_notes_api(client, db, inet, readonly_headers):
     assert notes["a" * 40].startswith("✅ PASS 2/2\n✅ k0 PASS 1.5s (run ")
     assert notes["b" * 40].startswith("❌ FAIL 0/2\n")
     assert notes["c" * 40].startswith("❌ 1 PASS, 1 FAIL (2 total)\n")
-    assert notes["c" * 40].endswith(f"\n\nhttp://ci.example.test/runs?repo=INET-Framework/inet&sha={'c' * 40}\n")
+    assert notes["c" * 40].endswith(f"\n\nhttp://ci.example.test/runs?project=inet&commit={'c' * 40}\n")
 
 
 async def test_notes_api_errors(client, inet, readonly_headers):
@@ -220,3 +221,17 @@ async def test_template_writes_and_pushes_notes(client, db, inet, readonly_heade
     # Running again changes nothing.
     again = await run_workflow(runner, base_url, token, tmp_path)
     assert "notes written: 0, unchanged: 2, skipped: 1" in again
+
+
+async def test_note_link_lists_the_commits_runs(client, db, inet, readonly_headers):
+    await add_commit(db, "a" * 40, [P, F])
+    other = await add_commit(db, "b" * 40, [P])
+    async with db() as session:
+        other_run = (await session.scalars(select(TestRun.id).where(TestRun.matrix_run_id == other.id))).one()
+    notes = await (await client.get("/api/notes/inet-framework/inet", headers=readonly_headers)).json()
+    link = next(n["note"] for n in notes if n["sha"] == "a" * 40).splitlines()[-1]
+    page = await (await client.get(link.replace("http://ci.example.test", ""))).text()
+    shown = set(re.findall(r'href="/runs/(\d+)"', page))
+    assert len(shown) == 2 and str(other_run) not in shown
+    resp = await client.get("/runs?commit=xyz")
+    assert resp.status == 400 and "commit must be a commit SHA" in await resp.text()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import logging
 import math
 from collections import defaultdict
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
 
 PAGE_SIZE = 50
+COMMIT_RE = re.compile(r"^[0-9a-f]{7,64}$")
 HOME_RECENT = 10
 RULE_RECENT = 10
 MAX_PAGE = 10_000
@@ -187,6 +189,7 @@ async def runs_page(request: web.Request) -> web.Response:
         "status": query.get("status", "").strip(),
         "branch": query.get("branch", "").strip(),
         "pr": query.get("pr", "").strip(),
+        "commit": query.get("commit", "").strip().lower(),
     }
     async with request.app[SESSIONMAKER]() as session:
         projects = await catalog.list_projects(session)
@@ -219,6 +222,10 @@ async def runs_page(request: web.Request) -> web.Response:
                 if not filters["pr"].lstrip("#").isdigit() or not 0 < int(filters["pr"].lstrip("#")) < 2**31:
                     raise BadFilter("PR must be a pull request number, such as 42")
                 select_runs = select_runs.where(TestRun.github_pr_number == int(filters["pr"].lstrip("#")))
+            if filters["commit"]:
+                if not COMMIT_RE.match(filters["commit"]):
+                    raise BadFilter("commit must be a commit SHA or its first 7 or more hex digits")
+                select_runs = select_runs.where(TestRun.github_commit_sha.startswith(filters["commit"], autoescape=True))
         except BadFilter as exc:
             context["error"] = str(exc)
             return await render(request, "runs.html", context, status=400)
