@@ -157,9 +157,14 @@ async def test_real_push_statuses_and_event_time(client, db, hello, settings):
     (matrix_run,) = await matrix_runs(db)
     assert matrix_run.matrix_name == "hello-full" and matrix_run.event_at.isoformat() == "2019-05-15T15:19:25+00:00"
     async with db() as s:
-        labels = list(await s.scalars(select(TestRun.label).where(TestRun.matrix_run_id == matrix_run.id).order_by(TestRun.id)))
+        runs = list(await s.scalars(select(TestRun).where(TestRun.matrix_run_id == matrix_run.id).order_by(TestRun.id)))
         project = await s.scalar(select(Project).where(Project.name == "hello"))
-    assert labels == FULL_LABELS
+    assert [r.label for r in runs] == FULL_LABELS
+    assert [r.cell for r in runs] == [{"kind": "smoke", "mode": "release"}, {"kind": "fingerprint", "mode": "release"},
+                                      {"kind": "fingerprint", "mode": "debug"}]
+    assert {(r.created_at, r.status, r.reclaims, r.git_ref, r.github_commit_sha, r.github_status_url) for r in runs} == {
+        (matrix_run.created_at, RunStatus.QUEUED, 0, "master", matrix_run.github_commit_sha, matrix_run.github_status_url)}
+    assert matrix_run.created_at.tzinfo is not None
     assert project.installation_id == 1  # from the delivery's installation
     (call,) = await pending_calls(db)
     assert call.kind == "status" and call.matrix_run_id == matrix_run.id
