@@ -13,6 +13,7 @@ from .catalog import CatalogError
 log = logging.getLogger(__name__)
 
 MAX_JSON_BODY = 1024 * 1024
+READ_CHUNK = 256 * 1024
 
 
 class BadBody(Exception):
@@ -28,13 +29,15 @@ def error(status: int, message: str, field: str | None = None) -> web.Response:
     return web.json_response(body, status=status)
 
 
-async def read_json_object(request: web.Request) -> dict[str, Any]:
-    """The request body as a JSON object, or BadBody (400) saying what is wrong."""
-    if request.content_length is not None and request.content_length > MAX_JSON_BODY:
-        raise BadBody("request body too large", status=413)
-    raw = await request.content.read(MAX_JSON_BODY + 1)
-    if len(raw) > MAX_JSON_BODY:
-        raise BadBody("request body too large", status=413)
+async def read_json_object(request: web.Request, max_bytes: int = MAX_JSON_BODY) -> dict[str, Any]:
+    """The request body as a JSON object: over `max_bytes` is a 413, anything else wrong a 400."""
+    if request.content_length is not None and request.content_length > max_bytes:
+        raise BadBody(f"request body over {max_bytes} bytes", status=413)
+    raw = bytearray()
+    while chunk := await request.content.read(READ_CHUNK):
+        raw += chunk
+        if len(raw) > max_bytes:
+            raise BadBody(f"request body over {max_bytes} bytes", status=413)
     try:
         data = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:

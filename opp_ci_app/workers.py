@@ -6,7 +6,6 @@ import asyncio
 import dataclasses
 import datetime as dt
 import enum
-import json
 import logging
 import math
 from typing import Any, AsyncIterator
@@ -34,7 +33,6 @@ DETAILS_MAX_CHARS = 16 * 1024
 DETAILS_CUT_NOTE = "\n[opp_ci: cut to {limit} characters]"
 # Results may carry whole logs, of which only the tail is kept; other bodies are small.
 RESULT_BODY_MAX = 16 * 1024 * 1024
-READ_CHUNK = 256 * 1024
 # A run whose lease expires after this many reclaims becomes `error` instead of queued again.
 MAX_RECLAIMS = 3
 CLAIM_ATTEMPTS = 5
@@ -140,24 +138,6 @@ def parse_result(body: dict[str, Any]) -> Result:
         stderr=cap_output(_optional_text(body, "stderr")),
         details=details,
     )
-
-
-async def read_result_body(request: web.Request) -> dict[str, Any]:
-    """The result body as a JSON object: up to RESULT_BODY_MAX bytes (413 beyond), else 400."""
-    if request.content_length is not None and request.content_length > RESULT_BODY_MAX:
-        raise BadBody(f"request body over {RESULT_BODY_MAX} bytes", status=413)
-    raw = bytearray()
-    while chunk := await request.content.read(READ_CHUNK):
-        raw += chunk
-        if len(raw) > RESULT_BODY_MAX:
-            raise BadBody(f"request body over {RESULT_BODY_MAX} bytes", status=413)
-    try:
-        data = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BadBody(f"body is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise BadBody("body must be a JSON object")
-    return data
 
 
 # Database work.
@@ -354,7 +334,7 @@ async def heartbeat(request: web.Request) -> web.Response:
 @routes.post("/api/workers/result")
 @require_role(Role.WORKER)
 async def result(request: web.Request) -> web.Response:
-    parsed = parse_result(await read_result_body(request))
+    parsed = parse_result(await read_json_object(request, RESULT_BODY_MAX))
     async with request.app[SESSIONMAKER].begin() as session:
         await begin_write(session)
         status, answer = await finish_run(session, request.app[SETTINGS], parsed)
