@@ -7,6 +7,7 @@ import enum
 import functools
 import hashlib
 import logging
+import operator
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any, Iterable, Sequence
@@ -313,23 +314,28 @@ async def insert_processed(connection: AsyncConnection, table: Table, rows: list
         if column.name not in given and column.default is not None and (column.default.is_scalar or column.default.is_callable):
             constants[column.name] = column.default.arg({}) if column.default.is_callable else column.default.arg
     sql, order = _compiled_insert(table, given + tuple(constants), dialect)
-    converters = [table.c[name].type.dialect_impl(dialect).bind_processor(dialect) for name in order]
+    if constants:
+        rows = [{**constants, **row} for row in rows]
+    converting = []
+    for position, name in enumerate(order):
+        converter = table.c[name].type.dialect_impl(dialect).bind_processor(dialect)
+        if converter is not None:
+            converting.append((position, converter))
     memo: dict[tuple[int, int], Any] = {}
     keep: list[Any] = []  # keeps the memoized values alive, so that their ids stay unique
-
-    def convert(position: int, value: Any) -> Any:
-        converter = converters[position]
-        if converter is None or value is None:
-            return value
-        key = (position, id(value))
-        if key not in memo:
-            keep.append(value)
-            memo[key] = converter(value)
-        return memo[key]
-
-    params = [
-        tuple(convert(i, row[name] if name in row else constants[name]) for i, name in enumerate(order)) for row in rows
-    ]
+    pick = operator.itemgetter(*order)
+    params = []
+    for row in rows:
+        values = list(pick(row))
+        for position, converter in converting:
+            value = values[position]
+            if value is not None:
+                key = (position, id(value))
+                if key not in memo:
+                    keep.append(value)
+                    memo[key] = converter(value)
+                values[position] = memo[key]
+        params.append(tuple(values))
     await connection.exec_driver_sql(sql, params)
 
 
