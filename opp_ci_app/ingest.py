@@ -312,11 +312,11 @@ async def _guarded(guid: str, event_name: str, work) -> Outcome:
     except BadPayload as exc:
         return _bad(guid, str(exc))
     except DBAPIError:
-        log.exception("database error while handling delivery %s", guid)
+        log.exception("database error while handling delivery %s", guid, extra={"delivery": guid, "event": event_name})
         return _unavailable(guid)
     except Exception:
         # The payload passed every check yet broke a handler: answer it as bad input.
-        log.exception("could not handle delivery %s (%s)", guid, event_name)
+        log.exception("could not handle delivery %s (%s)", guid, event_name, extra={"delivery": guid, "event": event_name})
         return _bad(guid, "the payload could not be processed")
 
 
@@ -478,7 +478,8 @@ class Ingest:
                 async with session.begin():
                     return await process_batch(session, self.settings, self.rules, events)
         except Exception:
-            log.exception("could not commit %d webhook deliveries", len(events))
+            log.exception("could not commit %d webhook deliveries", len(events),
+                          extra={"deliveries": [e.delivery_id for e in events]})
             return [_unavailable(e.delivery_id) for e in events]
 
     async def close(self) -> None:

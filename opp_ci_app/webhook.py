@@ -87,6 +87,8 @@ async def receive(request: web.Request) -> web.Response:
         body = await read_body(request)
         event = verify(request, body, secret)
     except Rejected as exc:
+        log.info("webhook delivery refused: %s %s", exc.status, exc.message,
+                 extra={"delivery": request.headers.get("X-GitHub-Delivery"), "status": exc.status})
         return error(exc.status, exc.message)
     outcome = await request.app[INGEST].submit(event)
     return web.json_response(outcome.body, status=outcome.status)
