@@ -255,6 +255,7 @@ async def lock_heads(session: AsyncSession, keys: Iterable[tuple]) -> None:
 
 async def unfinished_heads(session: AsyncSession, items: Iterable[tuple[int, Head]]) -> set[tuple]:
     """Which of these heads already have an unfinished matrix run (so queuing there may supersede)."""
+    items = list(items)
     refs = {(p, h.trigger.value, h.git_ref) for p, h in items if h.trigger is not Trigger.PULL_REQUEST}
     prs = {(p, h.pr_number) for p, h in items if h.trigger is Trigger.PULL_REQUEST}
     found: set[tuple] = set()
