@@ -40,7 +40,9 @@ async def read_json_object(request: web.Request, max_bytes: int = MAX_JSON_BODY)
             raise BadBody(f"request body over {max_bytes} bytes", status=413)
     try:
         data = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except RecursionError:
+        raise BadBody("body is not valid JSON: nested too deeply") from None
+    except ValueError as exc:  # also UnicodeDecodeError, JSONDecodeError and the int-size limit
         raise BadBody(f"body is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise BadBody("body must be a JSON object")

@@ -172,6 +172,23 @@ async def test_malformed_body_is_400(client, admin_headers, raw):
     assert "error" in await resp.json()
 
 
+@pytest.mark.parametrize("path", ["/api/github/rules", "/api/workers/poll", "/api/workers/result"])
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        (b'{"a": ' + b"1" * 5000 + b"}", "digits"),
+        (b"[" * 200_000 + b"]" * 200_000, "nested too deeply"),
+    ],
+    ids=["huge-int", "deep-nesting"],
+)
+async def test_pathological_json_is_400(client, admin_headers, path, raw, message):
+    resp = await client.post(path, data=raw, headers={**admin_headers, "Content-Type": "application/json"})
+    assert resp.status == 400
+    answer = await resp.json()
+    assert answer["error"].startswith("body is not valid JSON")
+    assert message in answer["error"]
+
+
 async def test_project_errors(client, admin_headers):
     resp = await client.post("/api/projects", json={"name": "inet", "github": "inet-framework/inet"}, headers=admin_headers)
     assert resp.status == 201
