@@ -94,7 +94,11 @@ def _read_secret(env: Mapping[str, str], name: str, default_file: str | None = N
 
 def _url(env: Mapping[str, str], name: str, default: str) -> str:
     value = env.get(name) or default
-    parts = urlsplit(value)
+    try:
+        parts = urlsplit(value)
+        parts.port  # raises on a port out of range
+    except ValueError as exc:
+        raise ConfigError(name, f"not a URL ({exc}): {value!r}") from None
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ConfigError(name, f"not an http(s) URL: {value!r}")
     return value.rstrip("/")
@@ -105,7 +109,7 @@ def _database_url(env: Mapping[str, str]) -> str:
     value = env.get(name) or DEFAULT_DATABASE_URL
     try:
         url = make_url(value)
-    except ArgumentError:
+    except (ArgumentError, ValueError):  # ValueError: a malformed host or port
         raise ConfigError(name, "not a database URL") from None
     if url.drivername not in SUPPORTED_DRIVERS:
         raise ConfigError(name, f"driver {url.drivername!r} is not one of {', '.join(SUPPORTED_DRIVERS)}")

@@ -66,6 +66,10 @@ def test_app_mode_with_rsa_key(tmp_path):
     [
         ({"OPP_CI_DATABASE_URL": "not a url"}, "OPP_CI_DATABASE_URL"),
         ({"OPP_CI_DATABASE_URL": "mysql://x/y"}, "OPP_CI_DATABASE_URL"),
+        ({"OPP_CI_DATABASE_URL": "postgresql+asyncpg://x@[::1/db"}, "OPP_CI_DATABASE_URL"),
+        ({"OPP_CI_PUBLIC_URL": "http://[::1"}, "OPP_CI_PUBLIC_URL"),
+        ({"OPP_CI_PUBLIC_URL": "http://x:99999/"}, "OPP_CI_PUBLIC_URL"),
+        ({"OPP_CI_GITHUB_BASE_URL": "http://[::1"}, "OPP_CI_GITHUB_BASE_URL"),
         ({"OPP_CI_PUBLIC_URL": "ftp://x"}, "OPP_CI_PUBLIC_URL"),
         ({"OPP_CI_GITHUB_BASE_URL": "nohost"}, "OPP_CI_GITHUB_BASE_URL"),
         ({"OPP_CI_PORT": "eighty"}, "OPP_CI_PORT"),
@@ -109,3 +113,16 @@ def test_serve_refuses_bad_config_with_one_line_and_exit_2(tmp_path):
     )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == ["opp_ci: error: OPP_CI_PUBLIC_URL: not an http(s) URL: 'nope'"]
+
+
+def test_serve_refuses_malformed_urls_with_one_line_and_exit_2(tmp_path):
+    for variable, value, line in [
+        ("OPP_CI_GITHUB_BASE_URL", "http://[::1", "OPP_CI_GITHUB_BASE_URL: not a URL (Invalid IPv6 URL): 'http://[::1'"),
+        ("OPP_CI_DATABASE_URL", "postgresql+asyncpg://x@[::1/db", "OPP_CI_DATABASE_URL: not a database URL"),
+    ]:
+        env = {**os.environ, "HOME": str(tmp_path), variable: value}
+        result = subprocess.run(
+            [sys.executable, "-m", "opp_ci_app", "serve"], env=env, capture_output=True, text=True, timeout=60
+        )
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.strip().splitlines() == [f"opp_ci: error: {line}"]
