@@ -1,12 +1,24 @@
 """The `opp_ci` CLI as a new user meets it: help, the walkthrough, and one-line errors with exit 2."""
 
 import json
+import os
+import select
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 
 import pytest
 
 from opp_ci_app.cli import main
+
+HOLD_PORT = (
+    "import socket, sys\n"
+    "s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen()\n"
+    "print(s.getsockname()[1], flush=True); sys.stdin.read()"
+)
 
 
 @pytest.fixture
@@ -120,3 +132,59 @@ def test_help_everywhere(args):
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("Usage: opp_ci")
+
+
+def serve_env(database_url, tmp_path) -> dict[str, str]:
+    """The environment of `opp_ci serve` on the test database, without the caller's OPP_CI_* variables."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPP_CI_")}
+    return {**env, "HOME": str(tmp_path), "OPP_CI_DATABASE_URL": database_url, "OPP_CI_VAR_DIR": str(tmp_path / "var")}
+
+
+def test_serve_on_a_busy_port_is_one_line_and_exit_2(database_url, tmp_path):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_PORT], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        port = int(holder.stdout.readline())
+        result = subprocess.run(
+            [sys.executable, "-m", "opp_ci_app", "serve", "--port", str(port)],
+            env=serve_env(database_url, tmp_path), capture_output=True, text=True, timeout=60,
+        )
+    finally:
+        holder.kill()
+        holder.wait()
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1] == f"opp_ci: error: cannot listen on 127.0.0.1:{port}: address already in use"
+    assert "serving on" not in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "Exception closing connection" not in result.stderr
+
+
+def test_serve_says_serving_once_listening_and_stops_cleanly(database_url, tmp_path):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "opp_ci_app", "serve", "--port", str(port)],
+        env=serve_env(database_url, tmp_path), stderr=subprocess.PIPE, text=True,
+    )
+    log = []
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not any("serving on" in line for line in log):
+            if select.select([server.stderr], [], [], 1)[0]:
+                line = server.stderr.readline()
+                if not line:
+                    break
+                log.append(line)
+        assert f"serving on http://127.0.0.1:{port} (no GitHub credentials)" in "".join(log)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as resp:
+            assert json.load(resp) == {"ok": True}
+    finally:
+        server.send_signal(signal.SIGINT)
+        _, rest = server.communicate(timeout=30)
+    output = "".join(log) + rest
+    assert server.returncode == 0, output
+    assert "Traceback" not in output
+    assert "Exception closing connection" not in output
