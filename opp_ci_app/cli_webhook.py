@@ -15,6 +15,7 @@ from .matching import BRANCH_PREFIX, TAG_PREFIX
 from .models import utcnow
 
 DRY_RUN_SHA = "0" * 40
+DRY_RUN_PR_NUMBER = 1
 SHA_RE = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
 GUID_PREFIX = "test-webhook-"
 EVENTS = {"push": "push", "tag": "push", "pr": "pull_request"}
@@ -82,13 +83,15 @@ def describe(delivery: ingest.Delivery) -> list[str]:
 @click.option("--type", "kind", required=True, type=click.Choice(list(EVENTS)), help="A branch push, a tag push, or a PR.")
 @click.option("--ref", required=True, help="Branch or tag name (refs/heads/... and refs/tags/... work too); for pr, the PR's head branch.")
 @click.option("--sha", default=None, help="Commit id, 40 hex digits [needed with --queue].")
-@click.option("--pr-number", type=click.IntRange(1, 2**31 - 1), default=None, help="PR number [needed with --type pr].")
-@click.option("--queue", "do_queue", is_flag=True, help="Really queue the runs (GitHub calls are only queued, never sent).")
+@click.option("--pr-number", type=click.IntRange(1, 2**31 - 1), default=None, help="PR number [needed with --type pr --queue].")
+@click.option("--queue", "do_queue", is_flag=True, help="Really queue the runs for workers; GitHub is told nothing of them.")
 def test_webhook(project_name: str, kind: str, ref: str, sha: str | None, pr_number: int | None, do_queue: bool) -> None:
     """Show (or queue) what a push, tag or PR would trigger.
 
     Builds the payload GitHub would send and runs it through the same router and
-    rule matching as the webhook. Without --queue nothing changes.
+    rule matching as the webhook. Without --queue nothing changes. With --queue
+    the runs are queued for workers, but no status, comment or note is ever sent
+    to GitHub for them and no other run is superseded.
 
     Example: opp_ci rule test-webhook --project inet --type push --ref master
     """
@@ -99,8 +102,8 @@ def test_webhook(project_name: str, kind: str, ref: str, sha: str | None, pr_num
         ref = normalise_ref(kind, ref)
     except BadRef as exc:
         raise Failure(str(exc)) from None
-    if kind == "pr" and pr_number is None:
-        raise Failure("--type pr needs --pr-number N")
+    if kind == "pr" and pr_number is None and do_queue:
+        raise Failure("--type pr --queue needs --pr-number N")
     if sha is not None:
         sha = sha.strip().lower()
         if not SHA_RE.match(sha):
@@ -111,15 +114,17 @@ def test_webhook(project_name: str, kind: str, ref: str, sha: str | None, pr_num
 
     async def work(session: AsyncSession) -> tuple[Any, ingest.Delivery]:
         project = await catalog.get_project(session, project_name, "project")
-        data = build_payload(kind, ref, sha or DRY_RUN_SHA, pr_number, project.github_owner, project.github_repo)
+        data = build_payload(kind, ref, sha or DRY_RUN_SHA, pr_number or DRY_RUN_PR_NUMBER, project.github_owner, project.github_repo)
         event = sansio.Event(data, event=EVENTS[kind], delivery_id=f"{GUID_PREFIX}{uuid.uuid4()}")
-        delivery = await ingest.handle(session, settings, ingest.RulesCache(), event, planning_only=not do_queue)
+        delivery = await ingest.handle(
+            session, settings, ingest.RulesCache(), event, planning_only=not do_queue, report_to_github=False
+        )
         if do_queue:
             await ingest.record(session, [delivery])
         return project, delivery
 
     project, delivery = run_in_session(work, commit=do_queue)
-    what = {"push": "push to branch", "tag": "push of tag", "pr": f"PR #{pr_number} from branch"}[kind]
+    what = {"push": "push to branch", "tag": "push of tag", "pr": f"PR #{pr_number} from branch" if pr_number else "a PR from branch"}[kind]
     click.echo(f"{what} {ref!r} of {project.full_name} (project {project.name}):")
     for line in describe(delivery):
         click.echo(f"  {line}")

@@ -13,7 +13,7 @@ from typing import Any, Iterable
 from gidgethub import sansio
 from sqlalchemy import event as sa_event
 from sqlalchemy import func, insert, select, tuple_, update
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 import routers
@@ -125,6 +125,8 @@ class Delivery:
     event: sansio.Event
     projects: dict[tuple[str, str], ProjectRow] | None = None
     planning_only: bool = False
+    # False for `opp_ci rule test-webhook --queue`: nothing it queues is reported to GitHub.
+    report_to_github: bool = True
     project: ProjectRow | None = None
     ignored: str | None = None
     matrix_run_ids: list[int] = field(default_factory=list)
@@ -195,7 +197,9 @@ class Delivery:
         if not plans:
             self.ignore(f"no enabled {head.rule_type.value} rule matches {head.git_ref!r}")
             return
-        item = planning.QueueItem(project.id, project.github_owner, project.github_repo, head, plans, self.guid)
+        item = planning.QueueItem(
+            project.id, project.github_owner, project.github_repo, head, plans, self.guid, self.report_to_github
+        )
         if self.planning_only:
             self.to_queue = item
             self.head_key = planning.head_key(project.id, head)
@@ -264,9 +268,13 @@ async def handle(
     *,
     projects: dict[tuple[str, str], ProjectRow] | None = None,
     planning_only: bool = False,
+    report_to_github: bool = True,
 ) -> Delivery:
     """Dispatch one verified event through the routers; writes what it implies unless `planning_only`."""
-    delivery = Delivery(session, settings, rules, event, projects=projects, planning_only=planning_only)
+    delivery = Delivery(
+        session, settings, rules, event, projects=projects, planning_only=planning_only,
+        report_to_github=report_to_github,
+    )
     if routers.router.fetch(event):
         await routers.router.dispatch(event, delivery)
     else:
@@ -311,6 +319,10 @@ async def _guarded(guid: str, event_name: str, work) -> Outcome:
         return DUPLICATE
     except BadPayload as exc:
         return _bad(guid, str(exc))
+    except DataError:
+        # A value the database refuses (one the payload checks let through): bad input, not an outage.
+        log.exception("database refused a value of delivery %s", guid, extra={"delivery": guid, "event": event_name})
+        return _bad(guid, "the payload has a value the database cannot store")
     except DBAPIError:
         log.exception("database error while handling delivery %s", guid, extra={"delivery": guid, "event": event_name})
         return _unavailable(guid)

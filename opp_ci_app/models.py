@@ -20,6 +20,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     func,
+    true,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
@@ -187,6 +188,8 @@ class TestMatrixRun(Base):
     delivery_guid: Mapped[str | None] = mapped_column(String(100), nullable=True)
     # When GitHub says the head was made (head_commit.timestamp / pull_request.updated_at).
     event_at: Mapped[dt.datetime | None] = mapped_column(nullable=True)
+    # False for runs queued by `opp_ci rule test-webhook --queue`: GitHub is told nothing of them.
+    report_to_github: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[dt.datetime | None] = mapped_column(nullable=True)
 
@@ -230,7 +233,10 @@ class TestRun(Base):
 
     matrix_run: Mapped[TestMatrixRun] = relationship(back_populates="runs")
 
-    __table_args__ = (Index("ix_test_runs_status_id", "status", "id"),)
+    __table_args__ = (
+        Index("ix_test_runs_status_id", "status", "id"),
+        Index("ix_test_runs_project_commit", "project_id", "github_commit_sha"),
+    )
 
 
 class WebhookDelivery(Base):

@@ -9,7 +9,7 @@ from typing import Iterable, Sequence
 from urllib.parse import urlencode
 
 from aiohttp import web
-from sqlalchemy import func, select
+from sqlalchemy import func, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from .appkeys import SESSIONMAKER, SETTINGS
@@ -31,6 +31,7 @@ RESULT_WORDS = {
     RunStatus.ERROR: "ERROR",
     RunStatus.CANCELLED: "CANCELLED",
 }
+UNFINISHED = (RunStatus.QUEUED, RunStatus.RUNNING)
 RUN_ICONS = {RunStatus.PASSED: "✅", RunStatus.FAILED: "❌", RunStatus.ERROR: "⚠️", RunStatus.CANCELLED: "⏹️"}
 
 routes = web.RouteTableDef()
@@ -90,25 +91,21 @@ async def finished_commit_notes(
     session: AsyncSession, settings: Settings, project: Project, limit: int = DEFAULT_LIMIT
 ) -> list[dict[str, str]]:
     """`[{"sha", "note"}]` for the project's commits whose runs have all finished, newest first."""
-    owner, repo = project.github_owner, project.github_repo
-    same_repo = (func.lower(TestRun.github_owner) == owner.lower(), func.lower(TestRun.github_repo) == repo.lower())
-    unfinished = select(TestRun.github_commit_sha).where(
-        *same_repo, TestRun.status.in_([RunStatus.QUEUED, RunStatus.RUNNING])
-    )
+    unfinished = select(TestRun.github_commit_sha).where(TestRun.project_id == project.id, TestRun.status.in_(UNFINISHED))
     newest = (
-        select(TestRun.github_commit_sha, func.max(TestRun.finished_at).label("last"))
-        .where(*same_repo, TestRun.github_commit_sha.not_in(unfinished))
+        select(TestRun.github_commit_sha)
+        .where(TestRun.project_id == project.id, TestRun.github_commit_sha.not_in(unfinished))
         .group_by(TestRun.github_commit_sha)
         .order_by(func.max(TestRun.finished_at).desc(), TestRun.github_commit_sha)
         .limit(limit)
     )
-    shas = [sha for sha, _ in await session.execute(newest)]
+    shas = list(await session.scalars(newest))
     if not shas:
         return []
     by_sha: dict[str, list[RunLine]] = defaultdict(list)
     rows = await session.execute(
         select(TestRun.github_commit_sha, TestRun.id, TestRun.label, TestRun.status, TestRun.test_exec_seconds).where(
-            *same_repo, TestRun.github_commit_sha.in_(shas)
+            TestRun.project_id == project.id, TestRun.github_commit_sha.in_(shas)
         )
     )
     for sha, run_id, label, status, seconds in rows:
@@ -118,30 +115,32 @@ async def finished_commit_notes(
 
 async def queue_dispatch_if_done(session: AsyncSession, settings: Settings, matrix_runs: Iterable[TestMatrixRun]) -> bool:
     """Queue one notes workflow dispatch per repository whose commit just finished all its runs."""
-    repos: dict[tuple[str, str], TestMatrixRun] = {}
-    for matrix_run in matrix_runs:
-        unfinished = await session.scalar(
-            select(func.count(TestRun.id)).where(
-                func.lower(TestRun.github_owner) == matrix_run.github_owner.lower(),
-                func.lower(TestRun.github_repo) == matrix_run.github_repo.lower(),
-                TestRun.github_commit_sha == matrix_run.github_commit_sha,
-                TestRun.status.in_([RunStatus.QUEUED, RunStatus.RUNNING]),
+    commits = {(m.project_id, m.github_commit_sha): m for m in matrix_runs}
+    if not commits:
+        return False
+    still_running = set(
+        (
+            await session.execute(
+                select(TestRun.project_id, TestRun.github_commit_sha)
+                .where(tuple_(TestRun.project_id, TestRun.github_commit_sha).in_(list(commits)))
+                .where(TestRun.status.in_(UNFINISHED))
+                .distinct()
             )
-        )
-        if not unfinished:
-            repos[(matrix_run.github_owner.lower(), matrix_run.github_repo.lower())] = matrix_run
-    if not repos:
+        ).all()
+    )
+    projects = {m.project_id: m for key, m in commits.items() if key not in still_running}
+    if not projects:
         return False
     if not settings.github_actions_token:
         log.info("notes workflow not dispatched: OPP_CI_GITHUB_ACTIONS_TOKEN is not set")
         return False
     calls = []
-    for matrix_run in repos.values():
+    for matrix_run in projects.values():
         project = matrix_run.project
         calls.append(
             Call(
                 kind=CallKind.WORKFLOW_DISPATCH,
-                coalesce_key=dispatch_key(matrix_run.github_owner, matrix_run.github_repo),
+                coalesce_key=dispatch_key(project.github_owner, project.github_repo),
                 github_owner=project.github_owner,
                 github_repo=project.github_repo,
                 project_id=project.id,

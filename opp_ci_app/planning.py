@@ -7,6 +7,7 @@ import enum
 import functools
 import hashlib
 import logging
+import re
 import operator
 from dataclasses import dataclass, field
 from types import SimpleNamespace
@@ -27,6 +28,10 @@ from .statuses import NO_MATRIX_NAME
 log = logging.getLogger(__name__)
 
 REF_MAX_LENGTH = 255
+SHA_RE = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
+CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+# The database keeps PR numbers in a 32-bit integer.
+PR_NUMBER_MAX = 2**31 - 1
 
 
 class Trigger(enum.StrEnum):
@@ -225,6 +230,8 @@ class QueueItem:
     head: Head
     planned: Sequence[PlannedMatrixRun]
     delivery_guid: str
+    # False for `opp_ci rule test-webhook --queue`: queue the runs, tell GitHub nothing, cancel nothing.
+    report_to_github: bool = True
 
 
 def head_key(project_id: int, head: Head) -> tuple[int, str, str | int | None]:
@@ -376,6 +383,7 @@ async def insert_matrix_runs(session: AsyncSession, settings: Settings, items: S
                     "delivery_guid": item.delivery_guid,
                     "event_at": head.event_at,
                     "finished_at": None,
+                    "report_to_github": item.report_to_github,
                 }
             )
             owners.append((item, planned))
@@ -403,7 +411,9 @@ async def insert_matrix_runs(session: AsyncSession, settings: Settings, items: S
              "status": RunStatus.QUEUED, "reclaims": 0}
             for cell, label in zip(planned.matrix.cells, planned.matrix.labels)
         )
-        if item.head.pr_number is None:
+        if not item.report_to_github:
+            pass
+        elif item.head.pr_number is None:
             # status_call only reads these attributes; a plain object is cheaper than an ORM instance.
             matrix_run = SimpleNamespace(id=matrix_run_id, **row)
             calls.append(reporting.status_call(settings, matrix_run, [RunStatus.QUEUED] * len(planned.matrix.cells)))
@@ -423,6 +433,9 @@ async def queue_matrix_runs(session: AsyncSession, settings: Settings, item: Que
     """Cancel what the new head supersedes, then insert the matrix runs, their runs and pending statuses."""
     if not item.planned:
         return Queued()
+    if not item.report_to_github:
+        (queued,) = await insert_matrix_runs(session, settings, [item])
+        return queued
     rule_ids = sorted({rule_id for p in item.planned for rule_id in p.rule_ids})
     await lock_heads(session, [head_key(item.project_id, item.head)])
     older = await superseded(session, item.project_id, item.head, rule_ids)
@@ -455,20 +468,31 @@ def field(data: Any, *path: str, kind: type = str, required: bool = True) -> Any
         return None
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise BadPayload(f"payload field {dotted} must be {_TYPE_NAMES.get(kind, kind.__name__)}")
+    if kind is str and "\x00" in value:
+        raise BadPayload(f"payload field {dotted} contains a NUL character")
     return value
 
 
 def _sha(data: Any, *path: str) -> str:
     sha = field(data, *path)
-    if not 0 < len(sha) <= 64:
-        raise BadPayload(f"payload field {'.'.join(path)} is not a commit id")
+    if not SHA_RE.fullmatch(sha):
+        raise BadPayload(f"payload field {'.'.join(path)} is not a commit id (40 or 64 hex digits)")
     return sha
 
 
 def _check_ref(name: str, path: str) -> str:
     if not name or len(name) > REF_MAX_LENGTH:
         raise BadPayload(f"payload field {path} must be 1 to {REF_MAX_LENGTH} characters")
+    if CONTROL_RE.search(name):
+        raise BadPayload(f"payload field {path} contains control characters, which git refs cannot")
     return name
+
+
+def _pr_number(data: Any, *path: str) -> int:
+    number = field(data, *path, kind=int)
+    if not 0 < number <= PR_NUMBER_MAX:
+        raise BadPayload(f"payload field {'.'.join(path)} is not a pull request number")
+    return number
 
 
 def repository_of(data: Any) -> tuple[str, str] | None:
@@ -512,9 +536,10 @@ def parse_push(data: Any) -> Push:
 
 def parse_pull_request(data: Any) -> Head:
     """The PR head: `pull_request.head.ref` and `.sha`, the number, and `updated_at`."""
-    number = field(data, "number", kind=int, required=False)
-    if number is None:
-        number = field(data, "pull_request", "number", kind=int)
+    if field(data, "number", kind=int, required=False) is not None:
+        number = _pr_number(data, "number")
+    else:
+        number = _pr_number(data, "pull_request", "number")
     ref = _check_ref(field(data, "pull_request", "head", "ref"), "pull_request.head.ref")
     sha = _sha(data, "pull_request", "head", "sha")
     event_at = parse_timestamp(field(data, "pull_request", "updated_at", required=False)) or utcnow()

@@ -79,12 +79,19 @@ async def update_github_status(session: AsyncSession, settings: Settings, matrix
     now = utcnow()
     for matrix_run_id, run_statuses in by_matrix_run.items():
         matrix_run = matrix_runs[matrix_run_id]
-        calls.append(status_call(settings, matrix_run, run_statuses))
         if run_statuses and all(s.finished for s in run_statuses) and matrix_run.finished_at is None:
             matrix_run.finished_at = now
-            just_finished.append(matrix_run)
+            if matrix_run.report_to_github:
+                just_finished.append(matrix_run)
+        if matrix_run.report_to_github:
+            calls.append(status_call(settings, matrix_run, run_statuses))
     for project_id, pr_number in prs:
-        touched = [m for m in matrix_runs.values() if (m.project_id, m.github_pr_number) == (project_id, pr_number)]
+        touched = [
+            m for m in matrix_runs.values()
+            if (m.project_id, m.github_pr_number) == (project_id, pr_number) and m.report_to_github
+        ]
+        if not touched:
+            continue
         call = await pr_comment_call(session, settings, project_id, pr_number, touched)
         if call is not None:
             calls.append(call)
@@ -108,7 +115,11 @@ async def pr_comment_call(
     """
     newest = await session.scalar(
         select(TestMatrixRun.github_commit_sha)
-        .where(TestMatrixRun.project_id == project_id, TestMatrixRun.github_pr_number == pr_number)
+        .where(
+            TestMatrixRun.project_id == project_id,
+            TestMatrixRun.github_pr_number == pr_number,
+            TestMatrixRun.report_to_github.is_(True),
+        )
         .order_by(TestMatrixRun.event_at.desc().nulls_last(), TestMatrixRun.id.desc())
         .limit(1)
     )
@@ -121,6 +132,7 @@ async def pr_comment_call(
                 TestMatrixRun.project_id == project_id,
                 TestMatrixRun.github_pr_number == pr_number,
                 TestMatrixRun.github_commit_sha == newest,
+                TestMatrixRun.report_to_github.is_(True),
             )
             .order_by(TestMatrixRun.id)
         )

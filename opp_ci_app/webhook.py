@@ -22,6 +22,7 @@ CONTENT_TYPES = ("application/json", "application/x-www-form-urlencoded")
 GUID_MAX_LENGTH = 100
 EVENT_MAX_LENGTH = 50
 ACTION_MAX_LENGTH = 50
+HEADER_NAMES = {"x-github-event": "X-GitHub-Event", "x-github-delivery": "X-GitHub-Delivery"}
 
 INGEST = web.AppKey("webhook_ingest", Ingest)
 
@@ -65,9 +66,12 @@ def verify(request: web.Request, body: bytes, secret: str) -> sansio.Event:
     try:
         event = sansio.Event.from_http(headers, body)
     except KeyError as exc:
-        raise Rejected(400, f"missing header {exc.args[0].title() if exc.args else ''}".rstrip()) from None
+        name = HEADER_NAMES.get(exc.args[0], exc.args[0]) if exc.args else "X-GitHub-Event"
+        raise Rejected(400, f"missing header {name}") from None
     except BadRequest:
         raise Rejected(400, "the body does not decode as the content type says") from None
+    except RecursionError:
+        raise Rejected(400, "the body is nested too deeply to decode") from None
     if not 0 < len(event.delivery_id) <= GUID_MAX_LENGTH or not 0 < len(event.event) <= EVENT_MAX_LENGTH:
         raise Rejected(400, "X-GitHub-Event or X-GitHub-Delivery is empty or too long")
     if not isinstance(event.data, dict):
@@ -87,8 +91,10 @@ async def receive(request: web.Request) -> web.Response:
         body = await read_body(request)
         event = verify(request, body, secret)
     except Rejected as exc:
-        log.info("webhook delivery refused: %s %s", exc.status, exc.message,
-                 extra={"delivery": request.headers.get("X-GitHub-Delivery"), "status": exc.status})
+        # A wrong signature usually means the secret on GitHub differs from ours: worth a warning.
+        level = logging.WARNING if exc.status == 401 else logging.INFO
+        log.log(level, "webhook delivery refused: %s %s", exc.status, exc.message,
+                extra={"delivery": request.headers.get("X-GitHub-Delivery"), "status": exc.status})
         return error(exc.status, exc.message)
     outcome = await request.app[INGEST].submit(event)
     return web.json_response(outcome.body, status=outcome.status)

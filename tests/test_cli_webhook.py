@@ -5,7 +5,7 @@ from sqlalchemy import func, select
 
 from opp_ci_app.cli import main
 from opp_ci_app.cli_webhook import BadRef, build_payload, normalise_ref
-from opp_ci_app.models import CallState, GitHubCall, TestMatrixRun, TestRun, WebhookDelivery
+from opp_ci_app.models import GitHubCall, RunStatus, TestMatrixRun, TestRun, WebhookDelivery
 from tests.conftest import run_in_thread
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
@@ -76,32 +76,44 @@ def test_nothing_matches(inet):
     assert code == 0 and "  no enabled tag rule matches 'v7.0'" in out
 
 
-def test_queue_queues_and_records_a_delivery(inet, database_url):
+def test_queue_queues_runs_and_tells_github_nothing(inet, database_url):
     code, out, err = inet("rule", "test-webhook", "--project", "inet", "--type", "push", "--ref", "master", "--sha", SHA, "--queue")
     assert code == 0, err
     assert "queued 3 run(s) in matrix run(s) 1 (delivery test-webhook-" in out
-    assert counts(database_url) == {"webhook_deliveries": 1, "test_matrix_runs": 1, "test_runs": 3, "github_calls": 1}
+    assert counts(database_url) == {"webhook_deliveries": 1, "test_matrix_runs": 1, "test_runs": 3, "github_calls": 0}
+    # A second test on the same branch supersedes nothing: it is a test, not a push.
     code, out, _ = inet("rule", "test-webhook", "--project", "inet", "--type", "push", "--ref", "master", "--sha", "f" * 40, "--queue")
-    assert "cancelled the queued runs of older matrix run(s) 1" in out
+    assert code == 0 and "cancelled" not in out
+    code, out, _ = inet("rule", "test-webhook", "--project", "inet", "--type", "pr", "--ref", "topic/x", "--sha", SHA,
+                        "--pr-number", "7", "--queue")
+    assert code == 0, out
 
     from opp_ci_app.db import create_engine
 
-    async def calls():
+    async def rows():
         engine = create_engine(database_url)
         async with engine.connect() as conn:
-            rows = (await conn.execute(select(GitHubCall.state, GitHubCall.payload).order_by(GitHubCall.id))).all()
+            statuses = (await conn.execute(select(TestRun.status))).scalars().all()
+            flags = (await conn.execute(select(TestMatrixRun.report_to_github))).scalars().all()
         await engine.dispose()
-        return rows
+        return statuses, flags
 
-    states = [(state, p["sha"], p["state"]) for state, p in run_in_thread(calls)]
-    assert states == [(CallState.SUPERSEDED, SHA, "pending"), (CallState.PENDING, SHA, "error"), (CallState.PENDING, "f" * 40, "pending")]
+    statuses, flags = run_in_thread(rows)
+    assert statuses == [RunStatus.QUEUED] * 7 and flags == [False, False, False]
+    assert counts(database_url)["github_calls"] == 0
+
+
+def test_dry_run_of_a_pr_needs_no_number(inet, database_url):
+    code, out, err = inet("rule", "test-webhook", "--project", "inet", "--type", "pr", "--ref", "topic/x")
+    assert code == 0, err
+    assert out.startswith("a PR from branch 'topic/x' of inet-framework/inet (project inet):")
 
 
 @pytest.mark.parametrize(
     ("args", "message"),
     [
         (("--project", "nope", "--type", "push", "--ref", "master"), "no project named 'nope'"),
-        (("--project", "inet", "--type", "pr", "--ref", "x"), "--type pr needs --pr-number N"),
+        (("--project", "inet", "--type", "pr", "--ref", "x", "--sha", "a" * 40, "--queue"), "--type pr --queue needs --pr-number N"),
         (("--project", "inet", "--type", "push", "--ref", "x", "--queue"), "--queue needs --sha"),
         (("--project", "inet", "--type", "push", "--ref", "x", "--sha", "xyz"), "--sha must be a full commit id"),
         (("--project", "inet", "--type", "push", "--ref", "refs/tags/v1"), "--ref refs/tags/v1 is not a branch; use --type tag"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import urllib.parse
 import uuid
 
@@ -520,8 +521,8 @@ BAD_REQUESTS = [
     ("wrong signature", PUSH, {"X-Hub-Signature-256": sign(b"other")}, 401, "wrong X-Hub-Signature-256"),
     ("sha1 signature only", PUSH, {"X-Hub-Signature-256": None, "X-Hub-Signature": "sha1=" + "0" * 40}, 401, "missing X-Hub-Signature-256"),
     ("signature without prefix", PUSH, {"X-Hub-Signature-256": sign(PUSH)[7:]}, 401, "wrong X-Hub-Signature-256"),
-    ("missing event", PUSH, {"X-GitHub-Event": None}, 400, "missing header X-Github-Event"),
-    ("missing delivery", PUSH, {"X-GitHub-Delivery": None}, 400, "missing header X-Github-Delivery"),
+    ("missing event", PUSH, {"X-GitHub-Event": None}, 400, "missing header X-GitHub-Event"),
+    ("missing delivery", PUSH, {"X-GitHub-Delivery": None}, 400, "missing header X-GitHub-Delivery"),
     ("text content type", PUSH, {"Content-Type": "text/plain"}, 400, "content type must be one of application/json, application/x-www-form-urlencoded"),
     ("no content type", PUSH, {"Content-Type": ""}, 400, None),
     ("overlong delivery", PUSH, {"X-GitHub-Delivery": "x" * 101}, 400, "X-GitHub-Event or X-GitHub-Delivery is empty or too long"),
@@ -545,6 +546,9 @@ SIGNED_BUT_BAD = [
     ("empty body", b"", "application/json", "the payload must be a JSON object"),
     ("form without payload", b"other=1", "application/x-www-form-urlencoded", "the body does not decode as the content type says"),
     ("action not a string", json.dumps({"action": {"x": 1}}).encode(), "application/json", "payload field action must be a short string"),
+    ("nested too deeply", b"[" * 200_000 + b"]" * 200_000, "application/json", "the body is nested too deeply to decode"),
+    ("form nested too deeply", b"payload=" + b"%5B" * 100_000 + b"%5D" * 100_000, "application/x-www-form-urlencoded", "the body is nested too deeply to decode"),
+    ("number too long", b'{"action": "opened", "number": ' + b"1" * 5000 + b"}", "application/json", "the body does not decode as the content type says"),
 ]
 
 
@@ -571,7 +575,13 @@ WRONG_FIELDS = [
     ("push", push_payload("refs/heads/master"), ("repository",), "inet", "payload field repository must be an object"),
     ("push", push_payload("refs/heads/master"), ("repository", "name"), 5, "payload field repository.name must be a string"),
     ("push", push_payload("refs/heads/master"), ("deleted",), "yes", "payload field deleted must be true or false"),
-    ("push", push_payload("refs/heads/master"), ("after",), "", "payload field after is not a commit id"),
+    ("push", push_payload("refs/heads/master"), ("after",), "", "payload field after is not a commit id (40 or 64 hex digits)"),
+    ("push", push_payload("refs/heads/master"), ("after",), "not-a-sha", "payload field after is not a commit id (40 or 64 hex digits)"),
+    ("push", push_payload("refs/heads/master"), ("ref",), "refs/heads/a\x00b", "payload field ref contains a NUL character"),
+    ("push", push_payload("refs/heads/master"), ("ref",), "refs/heads/a\nb", "payload field ref contains control characters, which git refs cannot"),
+    ("push", push_payload("refs/heads/master"), ("repository", "name"), "in\x00et", "payload field repository.name contains a NUL character"),
+    ("pull_request", pr_payload("opened"), ("number",), 2**70, "payload field number is not a pull request number"),
+    ("pull_request", pr_payload("opened"), ("number",), 0, "payload field number is not a pull request number"),
     ("push", push_payload("refs/heads/master"), ("head_commit", "message"), ["x"], "payload field head_commit.message must be a string"),
     ("push", push_payload("refs/heads/" + "x" * 300), ("before",), "0", "payload field ref must be 1 to 255 characters"),
     ("pull_request", pr_payload("opened"), ("pull_request",), None, "payload has no pull_request.head.ref"),
@@ -645,3 +655,13 @@ async def test_no_secret_configured_refuses_everything(aiohttp_client, settings,
     client = await aiohttp_client(app)
     status, body = await deliver(client, "ping", {"zen": "z"})
     assert status == 401 and "no webhook secret" in body["error"]
+
+
+async def test_wrong_signature_is_logged_as_a_warning(client, inet, caplog):
+    caplog.set_level(logging.INFO, logger="opp_ci_app.webhook")
+    await post_raw(client, PUSH, ok_headers(PUSH, X_Hub_Signature_256=sign(b"other")))
+    await post_raw(client, PUSH, ok_headers(PUSH, Content_Type="text/plain"))
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("WARNING", "webhook delivery refused: 401 wrong X-Hub-Signature-256"),
+        ("INFO", "webhook delivery refused: 400 content type must be one of application/json, application/x-www-form-urlencoded"),
+    ]
