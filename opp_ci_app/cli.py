@@ -21,6 +21,27 @@ from .matrix import MatrixError, expand, parse_assignments, parse_axis
 T = TypeVar("T")
 EXIT_USAGE = 2
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# Attributes every LogRecord has; anything else on a record came from `extra=`.
+STANDARD_LOG_FIELDS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+
+
+class ExtraFormatter(logging.Formatter):
+    """The usual log line followed by the record's `extra=` fields as ` key=value`."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        fields = "".join(
+            f" {key}={_log_value(value)}" for key, value in vars(record).items() if key not in STANDARD_LOG_FIELDS
+        )
+        return super().formatMessage(record) + fields
+
+
+def _log_value(value: Any) -> str:
+    """`value` as text, quoted when it is empty or holds spaces, quotes or control characters."""
+    text = str(value)
+    if not text or any(c.isspace() or c in "\"=" or not c.isprintable() for c in text):
+        return json.dumps(text)
+    return text
 
 
 class Failure(click.ClickException):
@@ -78,10 +99,9 @@ def cli(verbose: bool) -> None:
     Every command works on the database named by OPP_CI_DATABASE_URL
     (default: SQLite at var/opp_ci.db) and migrates it first.
     """
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    handler = logging.StreamHandler()
+    handler.setFormatter(ExtraFormatter(LOG_FORMAT))
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
     if not verbose:
         logging.getLogger("alembic").setLevel(logging.WARNING)
 

@@ -1,6 +1,7 @@
 """The `opp_ci` CLI as a new user meets it: help, the walkthrough, and one-line errors with exit 2."""
 
 import json
+import logging
 import os
 import select
 import signal
@@ -188,3 +189,18 @@ def test_serve_says_serving_once_listening_and_stops_cleanly(database_url, tmp_p
     assert server.returncode == 0, output
     assert "Traceback" not in output
     assert "Exception closing connection" not in output
+
+
+def test_log_lines_carry_the_extra_fields(opp_ci, monkeypatch, capsys):
+    monkeypatch.setattr(logging.root, "handlers", [])
+    monkeypatch.setattr(logging.root, "level", logging.root.level)
+    code, _, _ = opp_ci("db", "upgrade")
+    assert code == 0
+    log = logging.getLogger("opp_ci_app.workers")
+    log.info("run claimed", extra={"run_id": 7, "worker": "lab pc 3"})
+    log.info("run result dropped", extra={"run_id": 8, "reason": 'say "hi"\nbye', "empty": ""})
+    log.info("plain")
+    err = capsys.readouterr().err
+    assert 'opp_ci_app.workers: run claimed run_id=7 worker="lab pc 3"\n' in err
+    assert 'opp_ci_app.workers: run result dropped run_id=8 reason="say \\"hi\\"\\nbye" empty=""\n' in err
+    assert "opp_ci_app.workers: plain\n" in err
