@@ -139,6 +139,12 @@ async def test_queued_push_on_runs_and_matrix_run_pages(page, live_server, db):
         await expect(page.get_by_role("link", name=label)).to_be_visible()
     commit = page.get_by_role("link", name=PUSH_SHA)
     assert await commit.get_attribute("href") == f"https://github.com/Codertocat/Hello-World/commit/{PUSH_SHA}"
+    # No GitHub credentials in tests: the pending status waits, and every page says so.
+    banner = page.get_by_role("region", name="GitHub connection")
+    await expect(banner).to_contain_text("GitHub is not connected: 1 GitHub call is waiting")
+    await expect(page.locator("table.calls tbody tr").first).to_contain_text("waits for GitHub credentials")
+    await banner.get_by_role("link", name="/github/setup").click()
+    await expect(page).to_have_url(f"{live_server}/login?next=/github/setup")  # registering needs an admin
 
     await page.goto(f"{live_server}/deliveries")
     delivery = page.locator("table.list tbody tr").first

@@ -8,8 +8,9 @@ import os
 import re
 import stat
 
+import aiohttp
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
 from opp_ci_app import catalog, tokens
 from opp_ci_app.app import create_app
@@ -26,6 +27,7 @@ from opp_ci_app.models import (
 )
 from opp_ci_app.web import filters
 from opp_ci_app.web.session import COOKIE_NAME, SESSION_KEY_FILE
+from tests.plugins.fake_github import generate_rsa_key
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
 XSS = "<script>alert(1)</script>"
@@ -537,3 +539,144 @@ async def test_login_never_logs_the_token(client, make_token, caplog):
     await client.post("/login", data={"token": token + "x", "csrf_token": csrf})
     assert "web login with admin token" in caplog.text and "web login refused" in caplog.text
     assert token not in caplog.text
+
+
+@pytest.mark.parametrize("value", ["a\x00b", "\x1b[31m", "a\nb"])
+@pytest.mark.parametrize(
+    "path, name",
+    [("/runs", n) for n in ("project", "status", "branch", "pr", "commit", "page")] + [("/deliveries", "page")],
+)
+async def test_control_characters_in_filters_are_400_naming_the_filter(client, db, path, name, value):
+    await seed_catalog(db)
+    resp = await client.get(path, params={name: value, "branch": "master"} if name != "branch" else {name: value})
+    assert resp.status == 400
+    text = await resp.text()
+    assert f"{name} must not contain control characters" in text
+    assert "\x00" not in text and "Traceback" not in text
+
+
+@pytest.mark.parametrize("params, message", [({"page": "²"}, "page must be a whole number"),
+                                             ({"pr": "²"}, "PR must be a pull request number"),
+                                             ({"pr": "#0"}, "PR must be a pull request number")])
+async def test_runs_unicode_digits_are_400(client, params, message):
+    resp = await client.get("/runs", params=params)
+    assert resp.status == 400 and message in await resp.text()
+
+
+async def test_bad_filter_keeps_the_other_filters_in_the_form(client, db):
+    await seed_catalog(db)
+    text = await (await client.get("/runs", params={"branch": "a\x00b", "pr": "42", "status": "queued"})).text()
+    assert "branch must not contain control characters" in text
+    assert 'name="pr" value="42"' in text and '<option value="queued" selected>' in text
+    assert 'name="branch" value=""' in text
+
+
+@pytest.mark.parametrize("path", ["/runs/²", "/matrix-runs/²", "/rules/%C2%B2", "/runs/0"])
+async def test_unicode_digit_ids_are_404(client, path):
+    assert (await client.get(path)).status == 404
+
+
+async def test_login_next_with_control_characters_goes_home(client, make_token):
+    page = await (await client.get("/login", params={"next": "/runs\x00x"})).text()
+    assert 'name="next" value="/"' in page
+    resp = await client.post("/login", data={"token": await make_token(Role.ADMIN), "next": "/rules\r\nX-Evil: 1",
+                                             "csrf_token": CSRF_RE.search(page)[1]}, allow_redirects=False)
+    assert resp.status == 303 and resp.headers["Location"] == "/"
+
+
+@pytest.mark.parametrize("field", ["project", "pattern", "matrix", "rule_type"])
+async def test_rule_form_with_nul_saves_nothing(admin_client, db, field):
+    await seed_catalog(db)
+    data = {"csrf_token": admin_client.csrf, "project": "inet", "rule_type": "branch", "pattern": "dev",
+            "matrix": "inet-full", field: "in\x00et"}
+    resp = await admin_client.post("/rules", data=data)
+    assert resp.status in (400, 409, 422)
+    assert "Nothing was saved" in await resp.text()
+    assert await rule_count(db) == 1
+
+
+def pending_call(mr_id, kind="status", **fields):
+    return GitHubCall(kind=kind, coalesce_key=f"{kind}-{mr_id}-{fields.get('state', 'p')}", github_owner="inet-framework",
+                      github_repo="inet", matrix_run_id=mr_id, payload={}, **fields)
+
+
+async def seed_calls(db):
+    rule_id = await seed_catalog(db)
+    mr_id = await seed_push(db, rule_id, pr=7)
+    async with db.begin() as session:
+        session.add_all([
+            pending_call(mr_id),
+            pending_call(mr_id, "pr_comment", attempts=2, next_attempt_at=utcnow() + dt.timedelta(minutes=5),
+                         last_error="502: Bad Gateway"),
+            pending_call(mr_id, "workflow_dispatch"),
+            pending_call(mr_id, state=CallState.DONE, attempts=1, sent_at=utcnow()),
+        ])
+    return mr_id
+
+
+BANNER = "GitHub is not connected:"
+
+
+async def test_not_connected_banner_counts_waiting_calls(client, db):
+    mr_id = await seed_calls(db)
+    for path in ("/", "/runs", "/deliveries", f"/matrix-runs/{mr_id}", "/rules"):
+        text = await (await client.get(path)).text()
+        assert BANNER in text, path
+        assert "2 GitHub calls are waiting" in text  # status and comment; the dispatch needs another token
+        assert "<code>OPP_CI_GITHUB_TOKEN</code>" in text and 'href="/github/setup"' in text
+    text = await (await client.get(f"/matrix-runs/{mr_id}")).text()
+    assert text.count("waits for GitHub credentials") == 2
+    assert "502: Bad Gateway" in text and "not sent yet" in text
+    assert 'class="badge st-call-done">sent</span>' in text
+    assert text.count('class="badge st-call-pending">waiting</span>') == 3
+
+
+async def test_banner_says_one_call_is_waiting(client, db):
+    rule_id = await seed_catalog(db)
+    mr_id = await seed_push(db, rule_id)
+    async with db.begin() as session:
+        session.add(pending_call(mr_id))
+    assert "1 GitHub call is waiting" in await (await client.get("/")).text()
+
+
+async def test_no_banner_and_no_count_with_a_token(aiohttp_client, settings, engine, db):
+    mr_id = await seed_calls(db)
+    client = await aiohttp_client(create_app(settings.replace(github_token="ghp_test"), engine=engine,
+                                             background=False))
+    statements = []
+
+    def record(conn, cursor, statement, *args):
+        statements.append(statement)
+
+    event.listen(engine.sync_engine, "before_cursor_execute", record)
+    try:
+        assert BANNER not in await (await client.get("/")).text()
+        text = await (await client.get(f"/matrix-runs/{mr_id}")).text()
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", record)
+    assert len([s for s in statements if "github_calls" in s]) == 1  # only the matrix run's own calls
+    assert BANNER not in text and "waits for GitHub credentials" not in text
+    assert "due now" in text and re.search(r"next attempt <time[^>]*>in 5 minutes</time>", text)
+    assert "ghp_test" not in text
+
+
+async def test_banner_goes_when_the_app_is_registered(client, settings, db):
+    await seed_calls(db)
+    assert BANNER in await (await client.get("/")).text()
+    settings.use_github_app("12345", generate_rsa_key()[0])
+    assert BANNER not in await (await client.get("/")).text()
+
+
+async def test_no_banner_on_login_page_when_login_is_required(aiohttp_client, settings, engine, db):
+    await seed_calls(db)
+    client = await aiohttp_client(create_app(settings.replace(web_require_login=True), engine=engine, background=False))
+    assert BANNER not in await (await client.get("/login")).text()
+
+
+async def test_rule_form_with_a_file_instead_of_text_saves_nothing(admin_client, db):
+    await seed_catalog(db)
+    data = aiohttp.FormData({"csrf_token": admin_client.csrf, "project": "inet", "rule_type": "branch", "matrix": ""})
+    data.add_field("pattern", b"dev", filename="pattern.txt")
+    resp = await admin_client.post("/rules", data=data)
+    assert resp.status == 422 and "Nothing was saved: pattern must be a non-empty string" in await resp.text()
+    assert await rule_count(db) == 1

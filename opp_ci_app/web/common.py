@@ -12,8 +12,12 @@ import aiohttp_jinja2
 import jinja2
 from aiohttp import web
 from multidict import MultiDictProxy
+from sqlalchemy import func, select
+from sqlalchemy.exc import SQLAlchemyError
 
-from ..appkeys import SETTINGS
+from ..appkeys import SESSIONMAKER, SETTINGS
+from ..github.sender import NEEDS_CREDENTIALS
+from ..models import CallState, GitHubCall
 from .csrf import CSRF_FIELD, csrf_token, csrf_valid
 from .filters import FILTERS
 from .session import current_admin, pop_flashes, setup_sessions
@@ -29,6 +33,7 @@ PUBLIC_PATHS = frozenset({"/login", "/healthz"})
 PUBLIC_PREFIXES = ("/api/", "/static/")
 # The header's links; a link is shown only once its route exists (GitHub setup comes from another module).
 NAV = (("/", "Home"), ("/runs", "Runs"), ("/rules", "Rules"), ("/deliveries", "Deliveries"), ("/github/setup", "GitHub App"))
+SETUP_PATH = "/github/setup"
 CSP = "default-src 'self'; img-src 'self' data:; base-uri 'none'; frame-ancestors 'none'"
 ERROR_TITLES = {
     400: "Bad request",
@@ -52,12 +57,38 @@ def _route_exists(app: web.Application, path: str) -> bool:
     return any(r.canonical == path for r in app.router.resources())
 
 
+def github_connected(request: web.Request) -> bool:
+    """True when statuses and comments can be sent: a token, or the App (which can switch on at run time)."""
+    settings = request.app[SETTINGS]
+    return bool(settings.app_mode or settings.github_token)
+
+
+async def github_waiting(request: web.Request, admin: object) -> dict[str, Any] | None:
+    """For the not-connected banner: how many calls wait for credentials; None when connected (no query then)."""
+    settings = request.app[SETTINGS]
+    if github_connected(request) or (settings.web_require_login and admin is None):
+        return None
+    try:
+        async with request.app[SESSIONMAKER]() as session:
+            count = await session.scalar(
+                select(func.count())
+                .select_from(GitHubCall)
+                .where(GitHubCall.state == CallState.PENDING, GitHubCall.kind.in_(NEEDS_CREDENTIALS))
+            )
+    except (SQLAlchemyError, OSError):
+        log.exception("could not count the GitHub calls waiting for credentials")
+        count = None
+    return {"count": count, "setup_url": SETUP_PATH if _route_exists(request.app, SETUP_PATH) else None}
+
+
 async def base_context(request: web.Request) -> dict[str, Any]:
     """What base.html needs: the admin (or None), the CSRF token, one-time messages, the header's links."""
     nav = [(href, label) for href, label in NAV if _route_exists(request.app, href)]
+    admin = await current_admin(request)
     return {
         "request": request,
-        "admin": await current_admin(request),
+        "admin": admin,
+        "github_waiting": await github_waiting(request, admin),
         "csrf_token": await csrf_token(request),
         "csrf_field": CSRF_FIELD,
         "flashes": await pop_flashes(request),
@@ -88,7 +119,12 @@ def login_url(next_path: str) -> str:
 
 def safe_next(value: object, default: str = "/") -> str:
     """A local path to go back to after logging in; anything else (other sites included) gives `default`."""
-    if not isinstance(value, str) or not value.startswith("/") or value.startswith(("//", "/\\")):
+    if (
+        not isinstance(value, str)
+        or not value.startswith("/")
+        or value.startswith(("//", "/\\"))
+        or not value.isprintable()
+    ):
         return default
     return value
 

@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from .. import catalog, tokens
 from ..appkeys import SESSIONMAKER, SETTINGS
+from ..github.sender import NEEDS_CREDENTIALS
 from ..matrix import expand
 from ..models import (
     AutoTestRule,
@@ -32,13 +33,15 @@ from ..models import (
     utcnow,
 )
 from ..statuses import NO_MATRIX_NAME, State, aggregate
-from .common import admin_form, csrf_protected, error_page, render, safe_next, setup_web
+from .common import admin_form, csrf_protected, error_page, github_connected, render, safe_next, setup_web
 from .session import current_admin, flash, log_in, log_out
 
 log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
 
 PAGE_SIZE = 50
+RUN_FILTERS = ("project", "status", "branch", "pr", "commit")
+CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 COMMIT_RE = re.compile(r"^[0-9a-f]{7,64}$")
 HOME_RECENT = 10
 RULE_RECENT = 10
@@ -90,18 +93,33 @@ class BadFilter(Exception):
     """A query parameter a list page cannot use; shown above the list."""
 
 
-def _page_number(request: web.Request) -> int:
-    raw = request.query.get("page", "1")
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_PAGE:
-        raise BadFilter(f"page must be a whole number from 1 to {MAX_PAGE}")
+def whole_number(raw: str, low: int, high: int) -> int | None:
+    """`raw` as an int from `low` to `high` (ASCII digits only), else None."""
+    if not raw.isascii() or not raw.isdigit() or not low <= int(raw) <= high:
+        return None
     return int(raw)
+
+
+def query_value(request: web.Request, name: str, default: str = "") -> str:
+    """One query parameter, stripped; control characters (NUL included) are a BadFilter naming it."""
+    value = request.query.get(name, default)
+    if CONTROL_RE.search(value):
+        raise BadFilter(f"{name} must not contain control characters")
+    return value.strip()
+
+
+def _page_number(request: web.Request) -> int:
+    number = whole_number(query_value(request, "page", "1"), 1, MAX_PAGE)
+    if number is None:
+        raise BadFilter(f"page must be a whole number from 1 to {MAX_PAGE}")
+    return number
 
 
 def _path_id(request: web.Request) -> int:
-    raw = request.match_info["id"]
-    if not raw.isdigit() or not 0 < int(raw) < 2**31:
+    number = whole_number(request.match_info["id"], 1, 2**31 - 1)
+    if number is None:
         raise web.HTTPNotFound()
-    return int(raw)
+    return number
 
 
 def commit_url(owner: str, repo: str, sha: str) -> str:
@@ -183,14 +201,7 @@ async def home(request: web.Request) -> web.Response:
 
 @routes.get("/runs", name="runs")
 async def runs_page(request: web.Request) -> web.Response:
-    query = request.query
-    filters = {
-        "project": query.get("project", "").strip(),
-        "status": query.get("status", "").strip(),
-        "branch": query.get("branch", "").strip(),
-        "pr": query.get("pr", "").strip(),
-        "commit": query.get("commit", "").strip().lower(),
-    }
+    filters = dict.fromkeys(RUN_FILTERS, "")
     async with request.app[SESSIONMAKER]() as session:
         projects = await catalog.list_projects(session)
         names = {p.id: p.name for p in projects}
@@ -204,6 +215,15 @@ async def runs_page(request: web.Request) -> web.Response:
             "error": None,
         }
         try:
+            unusable = None
+            for name in RUN_FILTERS:
+                try:
+                    filters[name] = query_value(request, name)
+                except BadFilter as exc:
+                    unusable = unusable or exc
+            if unusable:
+                raise unusable
+            filters["commit"] = filters["commit"].lower()
             number = _page_number(request)
             select_runs = select(TestRun)
             if filters["project"]:
@@ -219,9 +239,10 @@ async def runs_page(request: web.Request) -> web.Response:
             if filters["branch"]:
                 select_runs = select_runs.where(TestRun.git_ref == filters["branch"])
             if filters["pr"]:
-                if not filters["pr"].lstrip("#").isdigit() or not 0 < int(filters["pr"].lstrip("#")) < 2**31:
+                pr_number = whole_number(filters["pr"].removeprefix("#"), 1, 2**31 - 1)
+                if pr_number is None:
                     raise BadFilter("PR must be a pull request number, such as 42")
-                select_runs = select_runs.where(TestRun.github_pr_number == int(filters["pr"].lstrip("#")))
+                select_runs = select_runs.where(TestRun.github_pr_number == pr_number)
             if filters["commit"]:
                 if not COMMIT_RE.match(filters["commit"]):
                     raise BadFilter("commit must be a commit SHA or its first 7 or more hex digits")
@@ -290,6 +311,9 @@ async def matrix_run_page(request: web.Request) -> web.Response:
             "description": description,
             "calls": calls,
             "failed_calls": [c for c in calls if c.state == CallState.FAILED],
+            "connected": github_connected(request),
+            "needs_credentials": NEEDS_CREDENTIALS,
+            "now": utcnow(),
             "run_seconds": run_seconds,
             "commit_url": commit_url(owner, repo, matrix_run.github_commit_sha),
             "pr_url": pr_url(owner, repo, matrix_run.github_pr_number) if matrix_run.github_pr_number else None,
@@ -320,17 +344,27 @@ async def rules_page(request: web.Request) -> web.Response:
     return await render(request, "rules.html", context)
 
 
+def _form_text(form: MultiDictProxy, name: str) -> str:
+    """A text field of a form; an uploaded file in its place counts as empty."""
+    value = form.get(name, "")
+    return value if isinstance(value, str) else ""
+
+
 @routes.post("/rules")
 @admin_form
 async def create_rule(request: web.Request, form: MultiDictProxy) -> web.StreamResponse:
     values = {
-        "project": form.get("project", ""),
-        "rule_type": form.get("rule_type", ""),
-        "pattern": form.get("pattern", ""),
-        "matrix": form.get("matrix", ""),
+        "project": _form_text(form, "project"),
+        "rule_type": _form_text(form, "rule_type"),
+        "pattern": _form_text(form, "pattern"),
+        "matrix": _form_text(form, "matrix"),
         "enabled": bool(form.get("enabled")),
     }
     try:
+        for name in ("project", "rule_type", "pattern", "matrix"):
+            if CONTROL_RE.search(values[name]):
+                values[name] = CONTROL_RE.sub("", values[name])
+                raise catalog.Invalid(f"{name} must not contain control characters", name)
         async with request.app[SESSIONMAKER].begin() as session:
             rule = await catalog.create_rule(
                 session, values["project"], values["rule_type"], values["pattern"], values["matrix"] or None,
