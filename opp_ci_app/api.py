@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from aiohttp import web
@@ -15,6 +16,9 @@ from .models import Role, RunStatus, TestMatrixRun, TestRun
 
 routes = web.RouteTableDef()
 RUNS_PAGE_MAX = 500
+RUNS_QUERY_PARAMS = ("project", "branch", "pr", "commit", "status", "limit")
+PR_NUMBER_MAX = 2**31 - 1
+COMMIT_PREFIX = re.compile(r"[0-9a-fA-F]{7,64}")
 
 
 def run_json(run: TestRun) -> dict[str, Any]:
@@ -149,20 +153,44 @@ async def delete_rule(request: web.Request) -> web.Response:
 @routes.get("/api/runs")
 @require_role(Role.READONLY)
 async def list_runs(request: web.Request) -> web.Response:
+    params = _runs_query(request)
     query = select(TestRun).order_by(TestRun.id.desc())
-    status = request.query.get("status")
-    if status:
+    if "status" in params:
         try:
-            query = query.where(TestRun.status == RunStatus(status))
+            query = query.where(TestRun.status == RunStatus(params["status"]))
         except ValueError:
             raise catalog.Invalid(f"status must be one of {', '.join(s.value for s in RunStatus)}", "status")
+    if "branch" in params:
+        query = query.where(TestRun.git_ref == params["branch"])
+    if "pr" in params:
+        pr = params["pr"]
+        if not pr.isascii() or not pr.isdigit() or not 0 < int(pr) <= PR_NUMBER_MAX:
+            raise catalog.Invalid("pr must be a pull request number", "pr")
+        query = query.where(TestRun.github_pr_number == int(pr))
+    if "commit" in params:
+        if not COMMIT_PREFIX.fullmatch(params["commit"]):
+            raise catalog.Invalid("commit must be 7 to 64 hex digits of a commit id", "commit")
+        query = query.where(TestRun.github_commit_sha.startswith(params["commit"].lower()))
     try:
-        limit = min(int(request.query.get("limit", "100")), RUNS_PAGE_MAX)
+        limit = min(int(params.get("limit", "100")), RUNS_PAGE_MAX)
     except ValueError:
         raise catalog.Invalid("limit must be a whole number", "limit") from None
     async with request.app[SESSIONMAKER]() as session:
+        if "project" in params:
+            project = await catalog.get_project(session, params["project"], "project")
+            query = query.where(TestRun.project_id == project.id)
         runs = await session.scalars(query.limit(max(limit, 1)))
         return web.json_response([run_json(r) for r in runs])
+
+
+def _runs_query(request: web.Request) -> dict[str, str]:
+    """The query of `GET /api/runs`: known parameters only, without control characters."""
+    for name, value in request.query.items():
+        if name not in RUNS_QUERY_PARAMS:
+            raise catalog.Invalid(f"unknown query parameter {name!r}; known: {', '.join(RUNS_QUERY_PARAMS)}", name)
+        if not value.isprintable():
+            raise catalog.Invalid(f"{name} must not contain control characters", name)
+    return {name: value for name, value in request.query.items() if value}
 
 
 @routes.get("/api/runs/{id}")

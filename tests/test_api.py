@@ -3,6 +3,7 @@
 import pytest
 
 from opp_ci_app.models import Role
+from tests.test_workers import make_project, queue_matrix_run
 
 
 async def create_inet(client, headers):
@@ -225,3 +226,58 @@ async def test_unknown_ids_are_404(client, admin_headers):
         resp = await client.get(path, headers=admin_headers)
         assert resp.status == 404, path
         assert "error" in await resp.json()
+
+
+async def test_runs_can_be_filtered_by_project_branch_pr_and_commit(client, db, readonly_headers):
+    inet = await make_project(db)
+    omnetpp = await make_project(db, "omnetpp", "omnetpp", "omnetpp")
+    _, master = await queue_matrix_run(db, inet, [{"k": "a"}], sha="abcdef1" + "0" * 33)
+    _, pr = await queue_matrix_run(db, inet, [{"k": "a"}, {"k": "b"}], sha="1234567" + "0" * 33, git_ref="topic", pr_number=7)
+    _, other = await queue_matrix_run(db, omnetpp, [{"k": "a"}], sha="abcdef2" + "0" * 33, owner="omnetpp", repo="omnetpp")
+
+    async def ids(query):
+        resp = await client.get(f"/api/runs?{query}", headers=readonly_headers)
+        assert resp.status == 200, await resp.text()
+        return sorted(run["id"] for run in await resp.json())
+
+    assert await ids("") == sorted(master + pr + other)
+    assert await ids("project=inet") == sorted(master + pr)
+    assert await ids("project=omnetpp") == other
+    assert await ids("branch=master") == sorted(master + other)
+    assert await ids("branch=master&project=inet") == master
+    assert await ids("branch=maste") == []
+    assert await ids("branch=topic&project=inet") == pr
+    assert await ids("pr=7") == pr
+    assert await ids("pr=8") == []
+    assert await ids("commit=abcdef1") == master
+    assert await ids("commit=ABCDEF2" + "0" * 33) == other
+    assert await ids("commit=abcdef2&project=inet") == []
+    assert await ids("status=queued&project=inet&limit=1") == [pr[-1]]
+
+
+@pytest.mark.parametrize(
+    "query, status, field",
+    [
+        ("project=nope", 404, "project"),
+        ("pr=0", 422, "pr"),
+        ("pr=-3", 422, "pr"),
+        ("pr=abc", 422, "pr"),
+        ("pr=99999999999", 422, "pr"),
+        ("commit=abc", 422, "commit"),
+        ("commit=xyz1234", 422, "commit"),
+        ("commit=" + "a" * 65, 422, "commit"),
+        ("branch=ma%00ster", 422, "branch"),
+        ("project=in%0Aet", 422, "project"),
+        ("status=%00", 422, "status"),
+        ("branches=master", 422, "branches"),
+        ("status=bogus", 422, "status"),
+        ("limit=many", 422, "limit"),
+    ],
+)
+async def test_bad_run_filters_are_refused_naming_the_field(client, db, readonly_headers, query, status, field):
+    await make_project(db)
+    resp = await client.get(f"/api/runs?{query}", headers=readonly_headers)
+    assert resp.status == status
+    answer = await resp.json()
+    assert answer["field"] == field
+    assert answer["error"]
