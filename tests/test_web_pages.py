@@ -680,3 +680,21 @@ async def test_rule_form_with_a_file_instead_of_text_saves_nothing(admin_client,
     resp = await admin_client.post("/rules", data=data)
     assert resp.status == 422 and "Nothing was saved: pattern must be a non-empty string" in await resp.text()
     assert await rule_count(db) == 1
+
+
+async def test_failed_calls_on_deliveries_and_matrix_run_pages(client, db):
+    rule_id = await seed_catalog(db)
+    mr_id = await seed_push(db, rule_id)
+    async with db.begin() as session:
+        session.add_all([
+            pending_call(mr_id, state=CallState.FAILED, attempts=1, last_error="404: Not Found (repository gone)"),
+            pending_call(mr_id, "workflow_dispatch", state=CallState.FAILED, attempts=0,
+                         last_error="no OPP_CI_GITHUB_ACTIONS_TOKEN configured"),
+        ])
+    text = await (await client.get("/deliveries")).text()
+    assert re.search(rf'GitHub refused</span> status for\s+<a href="/matrix-runs/{mr_id}">#{mr_id}</a>: 404: Not Found', text)
+    assert re.search(r"not sent</span> workflow dispatch for\s+<a[^>]+>#\d+</a>: no OPP_CI_GITHUB_ACTIONS_TOKEN", text)
+    text = await (await client.get(f"/matrix-runs/{mr_id}")).text()
+    assert "GitHub refused the status</strong> after 1 attempt:" in text
+    assert "The workflow dispatch was not sent</strong>:" in text and "GitHub refused the workflow" not in text
+    assert text.count('class="badge st-call-failed">failed</span>') == 2
