@@ -57,9 +57,21 @@ def validate_config(config: Any) -> dict[str, Any]:
             isinstance(e, Mapping) and e and all(_is_scalar(v) for v in e.values()) for e in entries
         ):
             raise MatrixError(f"{key} must be a list of non-empty objects of axis values", key)
+    for entry in config.get("exclude", []):
+        _check_exclude(entry, axes)
     if not axes and not config.get("include"):
         raise MatrixError("a matrix needs at least one axis or include entry", "axes")
     return {"axes": dict(axes), "exclude": list(config.get("exclude", [])), "include": list(config.get("include", []))}
+
+
+def _check_exclude(entry: Mapping[str, Any], axes: Mapping[str, list[Any]]) -> None:
+    """Refuse an exclude entry that can never match: a key that is not an axis, or a value not on it."""
+    for key, value in entry.items():
+        if key not in axes:
+            known = ", ".join(map(repr, axes)) or "none"
+            raise MatrixError(f"exclude entry names {key!r}, which is not an axis (axes: {known})", "exclude")
+        if str(value) not in map(str, axes[key]):
+            raise MatrixError(f"exclude entry has {key}={value!r}, which is not a value of axis {key!r}", "exclude")
 
 
 def _matches(cell: Mapping[str, Any], pattern: Mapping[str, Any]) -> bool:

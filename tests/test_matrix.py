@@ -65,6 +65,27 @@ def test_bad_configs_name_the_field(config, field):
     assert info.value.field == field
 
 
+@pytest.mark.parametrize(
+    "exclude, message",
+    [
+        ({"nokey": "x"}, "exclude entry names 'nokey', which is not an axis (axes: 'kind', 'mode')"),
+        ({"kind": "smoke", "nokey": "x"}, "'nokey', which is not an axis"),
+        ({"kind": "statistical"}, "exclude entry has kind='statistical', which is not a value of axis 'kind'"),
+    ],
+)
+def test_exclude_entries_that_can_never_match_are_refused(exclude, message):
+    config = {"axes": INET_FULL["axes"], "exclude": [exclude]}
+    with pytest.raises(MatrixError) as info:
+        expand(config)
+    assert info.value.field == "exclude"
+    assert message in str(info.value)
+
+
+def test_exclude_values_match_numbers_as_text_and_include_keys_are_free():
+    config = {"axes": {"gcc": [11, 12]}, "exclude": [{"gcc": "12"}], "include": [{"clang": 17}]}
+    assert [c.label for c in expand(config)] == ["11", "17"]
+
+
 def test_cli_parsers():
     assert parse_axis("kind=smoke, fingerprint") == ("kind", ["smoke", "fingerprint"])
     assert parse_assignments("kind=smoke,mode=debug") == {"kind": "smoke", "mode": "debug"}
@@ -83,12 +104,10 @@ axes = st.dictionaries(st.sampled_from(["kind", "mode", "omnetpp", "feature"]), 
 def configs(draw):
     chosen = draw(axes)
     names = list(chosen)
-    exclude = draw(
-        st.lists(
-            st.dictionaries(st.sampled_from(names), st.sampled_from(sum(chosen.values(), [])), min_size=1),
-            max_size=3,
-        )
+    entry = st.sets(st.sampled_from(names), min_size=1).flatmap(
+        lambda keys: st.fixed_dictionaries({key: st.sampled_from(chosen[key]) for key in keys})
     )
+    exclude = draw(st.lists(entry, max_size=3))
     include = [
         {name: f"extra{i}" for name in names} for i in range(draw(st.integers(0, 2)))
     ]
