@@ -160,9 +160,6 @@ class GitHubAuth:
             self._installation_ids[key] = int(data["id"])
         return self._installation_ids[key]
 
-    def remember_installation(self, owner: str, repo: str, installation_id: int) -> None:
-        self._installation_ids[f"{owner}/{repo}".lower()] = int(installation_id)
-
     def _token_expiry(self, _key: int, value: tuple[str, float], _now: float) -> float:
         return value[1] - TOKEN_REFRESH_MARGIN
 
