@@ -557,7 +557,9 @@ async def test_control_characters_in_filters_are_400_naming_the_filter(client, d
 
 @pytest.mark.parametrize("params, message", [({"page": "²"}, "page must be a whole number"),
                                              ({"pr": "²"}, "PR must be a pull request number"),
-                                             ({"pr": "#0"}, "PR must be a pull request number")])
+                                             ({"pr": "#0"}, "PR must be a pull request number"),
+                                             ({"page": "9" * 5000}, "page must be a whole number"),
+                                             ({"pr": "9" * 5000}, "PR must be a pull request number")])
 async def test_runs_unicode_digits_are_400(client, params, message):
     resp = await client.get("/runs", params=params)
     assert resp.status == 400 and message in await resp.text()
@@ -571,7 +573,7 @@ async def test_bad_filter_keeps_the_other_filters_in_the_form(client, db):
     assert 'name="branch" value=""' in text
 
 
-@pytest.mark.parametrize("path", ["/runs/²", "/matrix-runs/²", "/rules/%C2%B2", "/runs/0"])
+@pytest.mark.parametrize("path", ["/runs/²", "/matrix-runs/²", "/rules/%C2%B2", "/runs/0", "/runs/" + "9" * 5000])
 async def test_unicode_digit_ids_are_404(client, path):
     assert (await client.get(path)).status == 404
 

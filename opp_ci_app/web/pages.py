@@ -95,7 +95,7 @@ class BadFilter(Exception):
 
 def whole_number(raw: str, low: int, high: int) -> int | None:
     """`raw` as an int from `low` to `high` (ASCII digits only), else None."""
-    if not raw.isascii() or not raw.isdigit() or not low <= int(raw) <= high:
+    if not raw.isascii() or not raw.isdigit() or len(raw) > len(str(high)) or not low <= int(raw) <= high:
         return None
     return int(raw)
 
