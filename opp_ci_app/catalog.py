@@ -14,6 +14,7 @@ from .models import NAME_MAX_LENGTH, PATTERN_MAX_LENGTH, AutoTestRule, Project, 
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 GITHUB_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class CatalogError(Exception):
@@ -84,9 +85,17 @@ async def create_project(session: AsyncSession, name: Any, github_owner: Any, gi
     return project
 
 
-async def get_project(session: AsyncSession, name: Any, field: str = "project_name") -> Project:
+def _check_lookup(name: Any, field: str) -> str:
+    """A name to look up: a non-empty string without control characters (PostgreSQL refuses NUL)."""
     if not isinstance(name, str) or not name:
         raise Invalid(f"{field} must be a non-empty string", field)
+    if CONTROL_RE.search(name):
+        raise Invalid(f"{field} must not contain control characters", field)
+    return name
+
+
+async def get_project(session: AsyncSession, name: Any, field: str = "project_name") -> Project:
+    _check_lookup(name, field)
     project = await session.scalar(select(Project).where(Project.name == name))
     if project is None:
         raise NotFound(f"no project named {name!r}", field)
@@ -140,8 +149,7 @@ async def create_matrix(session: AsyncSession, project_name: Any, name: Any, con
 
 
 async def get_matrix(session: AsyncSession, name: Any, field: str = "matrix_name") -> TestMatrix:
-    if not isinstance(name, str) or not name:
-        raise Invalid(f"{field} must be a non-empty string", field)
+    _check_lookup(name, field)
     matrix = await session.scalar(select(TestMatrix).where(TestMatrix.name == name))
     if matrix is None:
         raise NotFound(f"no matrix named {name!r}", field)
@@ -194,7 +202,7 @@ def check_pattern(value: Any) -> str:
         raise Invalid("pattern must be a non-empty string", "pattern")
     if len(value) > PATTERN_MAX_LENGTH:
         raise Invalid(f"pattern is longer than {PATTERN_MAX_LENGTH} characters", "pattern")
-    if any(ord(ch) < 32 for ch in value):
+    if CONTROL_RE.search(value):
         raise Invalid("pattern contains control characters", "pattern")
     return value.strip()
 

@@ -145,6 +145,9 @@ async def test_revoked_token_is_refused(client, db, make_token):
         ({"project_name": "inet", "rule_type": "branch", "pattern": 5}, 422, "pattern"),
         ({"project_name": "inet", "rule_type": "branch", "pattern": "x", "enabled": "yes"}, 422, "enabled"),
         ({"project_name": "inet", "rule_type": "branch", "pattern": "x", "matrix_name": "other-m"}, 422, "matrix_name"),
+        ({"project_name": "in\x00et", "rule_type": "branch", "pattern": "x"}, 422, "project_name"),
+        ({"project_name": "inet", "rule_type": "branch", "pattern": "x", "matrix_name": "m\x00"}, 422, "matrix_name"),
+        ({"project_name": "inet", "rule_type": "branch", "pattern": "a\x00b"}, 422, "pattern"),
     ],
 )
 async def test_rule_errors_name_the_field(client, admin_headers, body, status, field):
