@@ -31,8 +31,6 @@ KILL_GRACE_SECONDS = 5.0
 REQUEST_TIMEOUT = aiohttp.ClientTimeout(total=30, connect=10)
 ENV_PREFIX = "OPP_CI_"
 EXIT_TERMINATED = 128 + signal.SIGTERM
-# The command is the project's code, not the worker's: it does not get the worker's token.
-HIDDEN_FROM_COMMAND = ("OPP_CI_WORKER_TOKEN", "OPP_CI_WORKER_TOKEN_FILE")
 TOKEN_HELP = "create one with: opp_ci token create --role worker --name NAME"
 
 
@@ -61,8 +59,9 @@ class Outcome:
 
 
 def job_environment(job: dict[str, Any], base: dict[str, str]) -> dict[str, str]:
-    """The command's environment: `base` (less the worker token) plus the cell and the run as OPP_CI_* variables."""
-    env = {k: v for k, v in base.items() if k not in HIDDEN_FROM_COMMAND}
+    """The command's environment: `base` less every OPP_CI_* variable, plus the cell and the run as OPP_CI_* variables."""
+    # The command is the project's code: no token or key of opp_ci's on this machine reaches it.
+    env = {k: v for k, v in base.items() if not k.startswith(ENV_PREFIX)}
     for axis, value in (job.get("cell") or {}).items():
         env[ENV_PREFIX + re.sub(r"[^A-Z0-9_]", "_", str(axis).upper())] = str(value)
     owner, repo, pr = job.get("github_owner"), job.get("github_repo"), job.get("github_pr_number")
@@ -321,7 +320,10 @@ def _default_name() -> str:
     "--token",
     envvar="OPP_CI_WORKER_TOKEN",
     default=None,
-    help="API token with role worker [env: OPP_CI_WORKER_TOKEN, or a file named by OPP_CI_WORKER_TOKEN_FILE].",
+    help=(
+        "API token with role worker [env: OPP_CI_WORKER_TOKEN]. On the command line it shows in `ps`;"
+        " prefer a file named by OPP_CI_WORKER_TOKEN_FILE."
+    ),
 )
 @click.option("--once", is_flag=True, help="Handle at most one run, then exit (exit at once when none is queued).")
 @click.option(
@@ -339,9 +341,10 @@ def worker(command: str, name: str | None, url: str, token: str | None, once: bo
     environment variables: each axis upper-cased (OPP_CI_KIND, OPP_CI_MODE, ...),
     plus OPP_CI_RUN_ID, OPP_CI_PROJECT, OPP_CI_LABEL, OPP_CI_GIT_REF,
     OPP_CI_COMMIT_SHA, OPP_CI_GITHUB_REPOSITORY (owner/repo) and OPP_CI_PR_NUMBER
-    (empty for pushes). Exit status 0 reports PASS, anything else FAIL, with the
-    last 64 KiB of stdout and stderr and the time it took. While CMD runs the
-    worker sends heartbeats; if the server takes the run back, CMD is stopped.
+    (empty for pushes); no other OPP_CI_* variable (tokens, keys) reaches CMD.
+    Exit status 0 reports PASS, anything else FAIL, with the last 64 KiB of
+    stdout and stderr and the time it took. While CMD runs the worker sends
+    heartbeats; if the server takes the run back, CMD is stopped.
 
     Example, the whole loop on one machine:
 

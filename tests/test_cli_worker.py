@@ -6,6 +6,7 @@ import asyncio
 import os
 import signal
 import socket
+import subprocess
 import sys
 import time
 
@@ -100,7 +101,14 @@ async def test_the_command_gets_the_cell_and_the_run_in_its_environment(server, 
     )
     token_file = tmp_path / "token"
     token_file.write_text(worker_token + "\n")
-    env = clean_env(OPP_CI_WORKER_TOKEN_FILE=str(token_file))
+    env = clean_env(
+        OPP_CI_WORKER_TOKEN_FILE=str(token_file),
+        OPP_CI_GITHUB_TOKEN="ghp_leak",
+        OPP_CI_GITHUB_ACTIONS_TOKEN_FILE="/secret/actions",
+        OPP_CI_GITHUB_APP_PRIVATE_KEY="-----BEGIN RSA PRIVATE KEY-----",
+        OPP_CI_GITHUB_WEBHOOK_SECRET="hush",
+        OPP_CI_DATABASE_URL="postgresql+asyncpg://ci:pw@db/ci",
+    )
     code, _out, err = await run_worker("--command", "env | grep ^OPP_CI_ | sort", "--url", server, "--once", env=env)
     assert (code, err) == (0, "")
     run = await get_run(db, run_id)
@@ -118,13 +126,27 @@ async def test_the_command_gets_the_cell_and_the_run_in_its_environment(server, 
     ]
 
 
-def test_the_worker_token_is_kept_from_the_command():
+def test_no_opp_ci_variable_of_the_worker_reaches_the_command():
+    secrets = {
+        name: "secret"
+        for base in ("OPP_CI_WORKER_TOKEN", "OPP_CI_GITHUB_TOKEN", "OPP_CI_GITHUB_ACTIONS_TOKEN",
+                     "OPP_CI_GITHUB_APP_PRIVATE_KEY", "OPP_CI_GITHUB_WEBHOOK_SECRET")
+        for name in (base, base + "_FILE")
+    }
     env = job_environment(
         {"run_id": 1, "cell": {"kind": "smoke"}, "github_pr_number": None},
-        {"OPP_CI_WORKER_TOKEN": "secret", "OPP_CI_WORKER_TOKEN_FILE": "/x", "PATH": "/bin"},
+        {**secrets, "OPP_CI_KIND": "stale", "PATH": "/bin", "HOME": "/home/ci"},
     )
-    assert "OPP_CI_WORKER_TOKEN" not in env and "OPP_CI_WORKER_TOKEN_FILE" not in env
-    assert (env["PATH"], env["OPP_CI_KIND"], env["OPP_CI_PR_NUMBER"]) == ("/bin", "smoke", "")
+    assert "secret" not in env.values()
+    assert (env["PATH"], env["HOME"], env["OPP_CI_KIND"], env["OPP_CI_PR_NUMBER"]) == ("/bin", "/home/ci", "smoke", "")
+
+
+def test_token_help_warns_about_ps():
+    result = subprocess.run(
+        [sys.executable, "-m", "opp_ci_app", "worker", "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert "shows in `ps`" in " ".join(result.stdout.split())
+    assert "OPP_CI_WORKER_TOKEN_FILE" in result.stdout
 
 
 async def test_heartbeats_keep_a_long_run_alive(server, db, worker_token):
