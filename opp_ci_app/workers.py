@@ -214,10 +214,16 @@ async def finish_run(session: AsyncSession, settings: Settings, result: Result) 
             answer["dropped"] = f"the run already finished ({run.status.value})"
         return 200, answer
     if run.status == RunStatus.QUEUED:
-        answer["dropped"] = "the run's lease expired and it was queued again"
+        if run.reclaims:
+            answer["dropped"] = "the run's lease expired and it was queued again"
+        else:
+            answer["dropped"] = "the run is queued and has not been claimed by any worker yet"
         return 200, answer
     if result.worker is not None and run.worker != result.worker:
-        answer["dropped"] = f"the run's lease expired and it now belongs to worker {run.worker}"
+        if run.reclaims:
+            answer["dropped"] = f"the run's lease expired and it now belongs to worker {run.worker}"
+        else:
+            answer["dropped"] = f"the run was claimed by worker {run.worker}, not {result.worker}"
         return 200, answer
     now = utcnow()
     run.status = RESULT_STATUS[result.result_code]

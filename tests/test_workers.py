@@ -402,6 +402,23 @@ async def test_a_result_for_a_reclaimed_run_is_dropped(client, db, worker_header
     assert (await resp.json())["accepted"] is True
 
 
+async def test_a_result_for_a_run_never_claimed_is_dropped_saying_so(client, db, worker_headers):
+    project_id = await make_project(db)
+    _mr, [run_id] = await queue_matrix_run(db, project_id, [{"kind": "smoke"}])
+    calls = await count_calls(db)
+    resp = await report(client, worker_headers, run_id, "PASS", worker="w1")
+    assert resp.status == 200
+    assert await resp.json() == {
+        "run_id": run_id, "status": "queued", "accepted": False,
+        "dropped": "the run is queued and has not been claimed by any worker yet",
+    }
+    assert await claim(client, db, worker_headers, "w1") == run_id
+    resp = await report(client, worker_headers, run_id, "PASS", worker="w2")
+    assert (await resp.json())["dropped"] == "the run was claimed by worker w1, not w2"
+    assert (await get_run(db, run_id)).status == RunStatus.RUNNING
+    assert await count_calls(db) == calls
+
+
 async def test_a_result_for_an_unknown_run_is_404(client, worker_headers):
     resp = await report(client, worker_headers, 424242, "PASS")
     assert resp.status == 404
