@@ -257,6 +257,8 @@ class FakeGitHub:
 
     def __init__(self) -> None:
         self.url = ""
+        # Called with each answered request (the standalone fake prints them).
+        self.on_call = None
         self.calls: list[Recorded] = []
         self.violations: list[str] = []
         self.user_login = USER_LOGIN
@@ -283,13 +285,13 @@ class FakeGitHub:
 
     # -- set-up -------------------------------------------------------------------------------
 
-    async def start(self) -> None:
+    async def start(self, port: int = 0) -> None:
         app = web.Application(middlewares=[self._middleware])
         app.router.add_route("*", "/{tail:.*}", self._dispatch)
         # A client that gave up (timeout, killed process) ends its request here too; no waiting at shutdown.
         self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=1.0)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", port)
         await site.start()
         port = self._runner.addresses[0][1]
         self.url = f"http://127.0.0.1:{port}"
@@ -420,6 +422,8 @@ class FakeGitHub:
             if failure is not None:
                 response.headers.update(failure.headers)
         call.status = response.status
+        if self.on_call is not None:
+            self.on_call(call)
         return response
 
     def _matching_failure(self, method: str, path: str) -> Failure | None:
@@ -800,3 +804,46 @@ def github_settings(settings, fake_github):
     return settings.replace(
         github_base_url=fake_github.url, github_token=USER_TOKEN, github_actions_token=ACTIONS_TOKEN
     )
+
+
+def _describe(call: Recorded) -> str:
+    """One line per request for the standalone fake: what the app asked and what GitHub would show."""
+    body = call.json if isinstance(call.json, dict) else {}
+    detail = ""
+    if "/statuses/" in call.path:
+        detail = f"  {body.get('context')}: {body.get('state')} ({body.get('description')})"
+    elif "/comments" in call.path and "body" in body:
+        detail = f"  comment of {len(body['body'])} characters"
+    elif call.path.endswith("/dispatches"):
+        detail = f"  workflow_dispatch on {body.get('ref')}"
+    return f"{call.status} {call.method} {call.path}{detail}"
+
+
+def main() -> None:
+    """Serve the fake GitHub on 127.0.0.1 to try the app by hand: `python -m tests.plugins.fake_github`."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--port", type=int, default=9000, help="port on 127.0.0.1 [9000]")
+    args = parser.parse_args()
+
+    async def serve() -> None:
+        fake = FakeGitHub()
+        fake.on_call = lambda call: print(_describe(call), flush=True)
+        await fake.start(args.port)
+        print(f"fake GitHub on {fake.url}; start the app with", flush=True)
+        print(f"  OPP_CI_GITHUB_BASE_URL={fake.url} OPP_CI_GITHUB_TOKEN={USER_TOKEN} "
+              f"OPP_CI_GITHUB_ACTIONS_TOKEN={ACTIONS_TOKEN} make run", flush=True)
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await fake.close()
+
+    try:
+        asyncio.run(serve())
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()
