@@ -6,7 +6,8 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import event
+from sqlalchemy import Engine, event
+from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
@@ -38,6 +39,13 @@ def create_engine(url: str, **kwargs) -> AsyncEngine:
     kwargs.setdefault("pool_size", 10)
     kwargs.setdefault("max_overflow", 10)
     return create_async_engine(url, pool_pre_ping=True, **kwargs)
+
+
+def create_sqlite_sync_engine(url: str, **kwargs) -> Engine:
+    """A synchronous engine (stdlib sqlite3) on the same SQLite file as `url`, with the same pragmas."""
+    engine = create_sync_engine(make_url(url).set(drivername="sqlite+pysqlite"), **kwargs)
+    event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
 
 
 def sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

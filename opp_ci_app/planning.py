@@ -12,13 +12,13 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any, Iterable, Sequence
 
-from sqlalchemy import Column, MetaData, Table, func, insert, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy import Column, Connection, MetaData, Table, func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.types import NullType
 
 from . import reporting
 from .config import Settings
-from .github.queue import enqueue
+from .github.queue import enqueue_on
 from .matching import RuleMatcher, ref_kind
 from .matrix import Cell, MatrixError, expand
 from .models import AutoTestRule, RuleType, RunStatus, TestMatrix, TestMatrixRun, TestRun, utcnow
@@ -121,14 +121,14 @@ class ProjectRules:
         ]
 
 
-async def load_project_rules(session: AsyncSession, project_id: int) -> ProjectRules:
+def load_project_rules(connection: Connection, project_id: int) -> ProjectRules:
     """Read a project's enabled rules and its matrices."""
-    rules = await session.execute(
+    rules = connection.execute(
         select(AutoTestRule.id, AutoTestRule.rule_type, AutoTestRule.pattern, AutoTestRule.matrix_id)
         .where(AutoTestRule.project_id == project_id, AutoTestRule.enabled.is_(True))
         .order_by(AutoTestRule.id)
     )
-    matrices = await session.execute(
+    matrices = connection.execute(
         select(TestMatrix.id, TestMatrix.name, TestMatrix.config).where(TestMatrix.project_id == project_id)
     )
     return ProjectRules.build(rules.all(), matrices.all())
@@ -253,7 +253,7 @@ async def lock_heads(session: AsyncSession, keys: Iterable[tuple]) -> None:
         await session.execute(select(func.pg_advisory_xact_lock(lock_id)))
 
 
-async def unfinished_heads(session: AsyncSession, items: Iterable[tuple[int, Head]]) -> set[tuple]:
+def unfinished_heads(connection: Connection, items: Iterable[tuple[int, Head]]) -> set[tuple]:
     """Which of these heads already have an unfinished matrix run (so queuing there may supersede)."""
     items = list(items)
     refs = {(p, h.trigger.value, h.git_ref) for p, h in items if h.trigger is not Trigger.PULL_REQUEST}
@@ -262,7 +262,7 @@ async def unfinished_heads(session: AsyncSession, items: Iterable[tuple[int, Hea
     unfinished = TestMatrixRun.finished_at.is_(None)
     # Plain IN lists on each column (not row values) so that SQLite uses the head index.
     if refs:
-        rows = await (await session.connection()).execute(
+        rows = connection.execute(
             select(TestMatrixRun.project_id, TestMatrixRun.trigger, TestMatrixRun.git_ref)
             .where(
                 unfinished,
@@ -274,7 +274,7 @@ async def unfinished_heads(session: AsyncSession, items: Iterable[tuple[int, Hea
         )
         found.update(row for row in map(tuple, rows) if row in refs)
     if prs:
-        rows = await (await session.connection()).execute(
+        rows = connection.execute(
             select(TestMatrixRun.project_id, TestMatrixRun.github_pr_number)
             .where(
                 unfinished,
@@ -297,7 +297,7 @@ def _untyped(table: Table) -> Table:
     return _UNTYPED.tables[table.name]
 
 
-async def insert_processed(connection: AsyncConnection, table: Table, rows: list[dict[str, Any]]) -> None:
+def insert_processed(connection: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
     """executemany `rows` (all with the same keys) into `table`, converting each distinct value once.
 
     The runs of a batch share their cells, timestamps and most other values; SQLAlchemy
@@ -337,7 +337,7 @@ async def insert_processed(connection: AsyncConnection, table: Table, rows: list
                     memo[key] = converter(value)
                 values[position] = memo[key]
         params.append(tuple(values))
-    await connection.exec_driver_sql(sql, params)
+    connection.exec_driver_sql(sql, params)
 
 
 @functools.lru_cache(maxsize=64)
@@ -350,6 +350,15 @@ async def insert_matrix_runs(session: AsyncSession, settings: Settings, items: S
     """Insert matrix runs, their runs and pending statuses for several deliveries at once (no superseding)."""
     if not items:
         return []
+    await session.flush()  # as session.execute would: pending ORM changes go first
+    queued, pr_matrix_runs = await (await session.connection()).run_sync(insert_matrix_runs_on, settings, items)
+    # A PR's runs also update its comment; the full path reads the runs back, which pushes need not.
+    await reporting.update_github_status(session, settings, pr_matrix_runs)
+    return queued
+
+
+def insert_matrix_runs_on(connection: Connection, settings: Settings, items: Sequence[QueueItem]) -> tuple[list[Queued], list[int]]:
+    """`insert_matrix_runs` on a synchronous connection, short of PR comments: (queued, PR matrix runs to report)."""
     now = utcnow()
     matrix_rows: list[dict[str, Any]] = []
     owners: list[tuple[QueueItem, PlannedMatrixRun]] = []
@@ -380,12 +389,11 @@ async def insert_matrix_runs(session: AsyncSession, settings: Settings, items: S
             )
             owners.append((item, planned))
     if not matrix_rows:
-        return [Queued() for _ in items]
+        return [Queued() for _ in items], []
     table = TestMatrixRun.__table__
     # Matched back by (delivery, matrix name), unique per row: asking SQLAlchemy to keep the
     # parameter order would make it insert one row per statement on SQLite.
-    connection = await session.connection()
-    returned = await connection.execute(
+    returned = connection.execute(
         insert(table).returning(table.c.id, table.c.delivery_guid, table.c.matrix_name), matrix_rows
     )
     id_of = {(guid, name): matrix_run_id for matrix_run_id, guid, name in returned}
@@ -412,11 +420,9 @@ async def insert_matrix_runs(session: AsyncSession, settings: Settings, items: S
         result = queued[id(item)]
         result.matrix_run_ids.append(matrix_run_id)
         result.runs_queued += len(planned.matrix.cells)
-    await insert_processed(connection, TestRun.__table__, run_rows)
-    await enqueue(session, calls)
-    # A PR's runs also update its comment; the full path reads the runs back, which pushes need not.
-    await reporting.update_github_status(session, settings, pr_matrix_runs)
-    return [queued[id(item)] for item in items]
+    insert_processed(connection, TestRun.__table__, run_rows)
+    enqueue_on(connection, calls)
+    return [queued[id(item)] for item in items], pr_matrix_runs
 
 
 async def queue_matrix_runs(session: AsyncSession, settings: Settings, item: QueueItem) -> Queued:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import insert, update
+from sqlalchemy import Connection, insert, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..models import CallState, GitHubCall, utcnow
@@ -44,7 +44,14 @@ def dispatch_key(owner: str, repo: str) -> str:
 
 
 async def enqueue(session: AsyncSession, calls: list[Call]) -> None:
-    """Queue `calls`; older pending calls with the same key are superseded (never sent)."""
+    """Queue `calls` in the session's transaction; older pending calls with the same key are superseded (never sent)."""
+    if calls:
+        await session.flush()  # as session.execute would: pending ORM changes go first
+        await (await session.connection()).run_sync(enqueue_on, calls)
+
+
+def enqueue_on(connection: Connection, calls: list[Call]) -> None:
+    """`enqueue` on a synchronous connection (the SQLite ingest's writer thread)."""
     if not calls:
         return
     # Keep only the newest call per key within this batch as well.
@@ -53,15 +60,15 @@ async def enqueue(session: AsyncSession, calls: list[Call]) -> None:
         newest[call.coalesce_key] = call
     keys = list(newest)
     now = utcnow()
+    table = GitHubCall.__table__
     for start in range(0, len(keys), 500):
-        await session.execute(
-            update(GitHubCall)
-            .where(GitHubCall.coalesce_key.in_(keys[start : start + 500]), GitHubCall.state == CallState.PENDING)
+        connection.execute(
+            update(table)
+            .where(table.c.coalesce_key.in_(keys[start : start + 500]), table.c.state == CallState.PENDING)
             .values(state=CallState.SUPERSEDED)
-            .execution_options(synchronize_session=False)
         )
-    await session.execute(
-        insert(GitHubCall),
+    connection.execute(
+        insert(table),
         [
             {
                 "kind": c.kind,
