@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from gidgethub import sansio
-from sqlalchemy import Connection, Engine, func, insert, select, tuple_, update
+from sqlalchemy import Connection, Engine, bindparam, func, insert, select, tuple_, update
 from sqlalchemy import event as sa_event
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -70,6 +70,14 @@ PROJECT_COLUMNS = (
 )
 
 
+# The ingest's hot statements, built once: SQLAlchemy then finds them compiled without rebuilding them.
+SELECT_PROJECTS = select(*PROJECT_COLUMNS).where(
+    tuple_(func.lower(Project.github_owner), func.lower(Project.github_repo)).in_(bindparam("keys", expanding=True))
+)
+SELECT_SEEN = select(WebhookDelivery.guid).where(WebhookDelivery.guid.in_(bindparam("guids", expanding=True)))
+INSERT_DELIVERIES = insert(WebhookDelivery.__table__)
+
+
 def _repo_key(owner: str, repo: str) -> tuple[str, str]:
     return owner.lower(), repo.lower()
 
@@ -84,9 +92,7 @@ def load_projects_on(connection: Connection, repositories: Iterable[tuple[str, s
     keys = sorted({_repo_key(*r) for r in repositories})
     if not keys:
         return {}
-    rows = connection.execute(
-        select(*PROJECT_COLUMNS).where(tuple_(func.lower(Project.github_owner), func.lower(Project.github_repo)).in_(keys))
-    )
+    rows = connection.execute(SELECT_PROJECTS, {"keys": keys})
     projects = [ProjectRow(*row) for row in rows]
     return {_repo_key(p.github_owner, p.github_repo): p for p in projects}
 
@@ -302,7 +308,7 @@ async def record(session: AsyncSession, deliveries: list[Delivery]) -> None:
 def record_on(connection: Connection, deliveries: list[Delivery]) -> None:
     """`record` on a synchronous connection."""
     try:
-        connection.execute(insert(WebhookDelivery.__table__), [d.row() for d in deliveries])
+        connection.execute(INSERT_DELIVERIES, [d.row() for d in deliveries])
     except IntegrityError:
         raise DuplicateDelivery() from None
 
@@ -378,7 +384,7 @@ class Batch:
 def plan_batch(connection: Connection, settings: Settings, rules: RulesCache, events: list[sansio.Event]) -> Batch:
     """Read what the deliveries need, in the batch's transaction, and plan each one without writing."""
     guids = {e.delivery_id for e in events}
-    seen = set(connection.execute(select(WebhookDelivery.guid).where(WebhookDelivery.guid.in_(guids))).scalars())
+    seen = set(connection.execute(SELECT_SEEN, {"guids": list(guids)}).scalars())
     projects = load_projects_on(connection, filter(None, (_safe_repository(e.data) for e in events)))
     rules.refresh(connection, projects.values())
     batch = Batch(events, projects)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any, Iterable, Sequence
 
-from sqlalchemy import Column, Connection, MetaData, Table, func, insert, select, update
+from sqlalchemy import Column, Connection, MetaData, Table, bindparam, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.types import NullType
 
@@ -253,36 +253,41 @@ async def lock_heads(session: AsyncSession, keys: Iterable[tuple]) -> None:
         await session.execute(select(func.pg_advisory_xact_lock(lock_id)))
 
 
+# Plain IN lists on each column (not row values) so that SQLite uses the head index; built once.
+_UNFINISHED_REFS = (
+    select(TestMatrixRun.project_id, TestMatrixRun.trigger, TestMatrixRun.git_ref)
+    .where(
+        TestMatrixRun.finished_at.is_(None),
+        TestMatrixRun.project_id.in_(bindparam("projects", expanding=True)),
+        TestMatrixRun.trigger.in_(bindparam("triggers", expanding=True)),
+        TestMatrixRun.git_ref.in_(bindparam("refs", expanding=True)),
+    )
+    .distinct()
+)
+_UNFINISHED_PRS = (
+    select(TestMatrixRun.project_id, TestMatrixRun.github_pr_number)
+    .where(
+        TestMatrixRun.finished_at.is_(None),
+        TestMatrixRun.project_id.in_(bindparam("projects", expanding=True)),
+        TestMatrixRun.github_pr_number.in_(bindparam("numbers", expanding=True)),
+    )
+    .distinct()
+)
+
+
 def unfinished_heads(connection: Connection, items: Iterable[tuple[int, Head]]) -> set[tuple]:
     """Which of these heads already have an unfinished matrix run (so queuing there may supersede)."""
     items = list(items)
     refs = {(p, h.trigger.value, h.git_ref) for p, h in items if h.trigger is not Trigger.PULL_REQUEST}
     prs = {(p, h.pr_number) for p, h in items if h.trigger is Trigger.PULL_REQUEST}
     found: set[tuple] = set()
-    unfinished = TestMatrixRun.finished_at.is_(None)
-    # Plain IN lists on each column (not row values) so that SQLite uses the head index.
     if refs:
-        rows = connection.execute(
-            select(TestMatrixRun.project_id, TestMatrixRun.trigger, TestMatrixRun.git_ref)
-            .where(
-                unfinished,
-                TestMatrixRun.project_id.in_({r[0] for r in refs}),
-                TestMatrixRun.trigger.in_({r[1] for r in refs}),
-                TestMatrixRun.git_ref.in_({r[2] for r in refs}),
-            )
-            .distinct()
-        )
+        rows = connection.execute(_UNFINISHED_REFS, {
+            "projects": list({r[0] for r in refs}), "triggers": list({r[1] for r in refs}), "refs": list({r[2] for r in refs})
+        })
         found.update(row for row in map(tuple, rows) if row in refs)
     if prs:
-        rows = connection.execute(
-            select(TestMatrixRun.project_id, TestMatrixRun.github_pr_number)
-            .where(
-                unfinished,
-                TestMatrixRun.project_id.in_({p for p, _ in prs}),
-                TestMatrixRun.github_pr_number.in_({n for _, n in prs}),
-            )
-            .distinct()
-        )
+        rows = connection.execute(_UNFINISHED_PRS, {"projects": list({p for p, _ in prs}), "numbers": list({n for _, n in prs})})
         found.update((p, Trigger.PULL_REQUEST.value, n) for p, n in rows if (p, n) in prs)
     return found
 
@@ -346,6 +351,11 @@ def _compiled_insert(table: Table, names: tuple[str, ...], dialect) -> tuple[str
     return str(compiled), tuple(compiled.positiontup)
 
 
+_MATRIX_RUNS = TestMatrixRun.__table__
+# Built once: SQLAlchemy then finds it compiled without rebuilding it.
+_INSERT_MATRIX_RUNS = insert(_MATRIX_RUNS).returning(_MATRIX_RUNS.c.id, _MATRIX_RUNS.c.delivery_guid, _MATRIX_RUNS.c.matrix_name)
+
+
 async def insert_matrix_runs(session: AsyncSession, settings: Settings, items: Sequence[QueueItem]) -> list[Queued]:
     """Insert matrix runs, their runs and pending statuses for several deliveries at once (no superseding)."""
     if not items:
@@ -390,12 +400,9 @@ def insert_matrix_runs_on(connection: Connection, settings: Settings, items: Seq
             owners.append((item, planned))
     if not matrix_rows:
         return [Queued() for _ in items], []
-    table = TestMatrixRun.__table__
     # Matched back by (delivery, matrix name), unique per row: asking SQLAlchemy to keep the
     # parameter order would make it insert one row per statement on SQLite.
-    returned = connection.execute(
-        insert(table).returning(table.c.id, table.c.delivery_guid, table.c.matrix_name), matrix_rows
-    )
+    returned = connection.execute(_INSERT_MATRIX_RUNS, matrix_rows)
     id_of = {(guid, name): matrix_run_id for matrix_run_id, guid, name in returned}
     ids = [id_of[row["delivery_guid"], row["matrix_name"]] for row in matrix_rows]
     run_columns = ("project_id", "github_owner", "github_repo", "github_commit_sha", "github_pr_number",

@@ -5,10 +5,22 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, insert, update
+from sqlalchemy import Connection, bindparam, insert, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..models import CallState, GitHubCall, utcnow
+
+
+CALLS = GitHubCall.__table__
+# Built once: SQLAlchemy then finds them compiled without rebuilding them.
+SUPERSEDE_PENDING = (
+    update(CALLS)
+    .where(CALLS.c.coalesce_key.in_(bindparam("keys", expanding=True)), CALLS.c.state == CallState.PENDING)
+    .values(state=CallState.SUPERSEDED)
+)
+INSERT_CALLS = insert(CALLS)
+# Keys per superseding UPDATE at most.
+KEYS_PER_UPDATE = 500
 
 
 class CallKind:
@@ -60,15 +72,10 @@ def enqueue_on(connection: Connection, calls: list[Call]) -> None:
         newest[call.coalesce_key] = call
     keys = list(newest)
     now = utcnow()
-    table = GitHubCall.__table__
-    for start in range(0, len(keys), 500):
-        connection.execute(
-            update(table)
-            .where(table.c.coalesce_key.in_(keys[start : start + 500]), table.c.state == CallState.PENDING)
-            .values(state=CallState.SUPERSEDED)
-        )
+    for start in range(0, len(keys), KEYS_PER_UPDATE):
+        connection.execute(SUPERSEDE_PENDING, {"keys": keys[start : start + KEYS_PER_UPDATE]})
     connection.execute(
-        insert(table),
+        INSERT_CALLS,
         [
             {
                 "kind": c.kind,
