@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from gidgethub import sansio
-from sqlalchemy import Connection, Engine, bindparam, func, insert, select, tuple_, update
+from sqlalchemy import Connection, Engine, bindparam, func, select, tuple_, update
 from sqlalchemy import event as sa_event
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -21,7 +21,7 @@ import routers
 
 from . import planning
 from .config import Settings
-from .db import create_engine, create_sqlite_sync_engine, is_sqlite, sessionmaker
+from .db import create_engine, create_sqlite_sync_engine, insert_processed, is_sqlite, sessionmaker
 from .models import Installation, Project, WebhookDelivery, utcnow
 from .planning import BadPayload, Head, ProjectRules
 
@@ -70,12 +70,11 @@ PROJECT_COLUMNS = (
 )
 
 
-# The ingest's hot statements, built once: SQLAlchemy then finds them compiled without rebuilding them.
+# The ingest's hot queries, built once: SQLAlchemy then finds them compiled without rebuilding them.
 SELECT_PROJECTS = select(*PROJECT_COLUMNS).where(
     tuple_(func.lower(Project.github_owner), func.lower(Project.github_repo)).in_(bindparam("keys", expanding=True))
 )
 SELECT_SEEN = select(WebhookDelivery.guid).where(WebhookDelivery.guid.in_(bindparam("guids", expanding=True)))
-INSERT_DELIVERIES = insert(WebhookDelivery.__table__)
 
 
 def _repo_key(owner: str, repo: str) -> tuple[str, str]:
@@ -308,7 +307,7 @@ async def record(session: AsyncSession, deliveries: list[Delivery]) -> None:
 def record_on(connection: Connection, deliveries: list[Delivery]) -> None:
     """`record` on a synchronous connection."""
     try:
-        connection.execute(INSERT_DELIVERIES, [d.row() for d in deliveries])
+        insert_processed(connection, WebhookDelivery.__table__, [d.row() for d in deliveries])
     except IntegrityError:
         raise DuplicateDelivery() from None
 

@@ -4,25 +4,23 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
-import functools
 import hashlib
 import logging
-import operator
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any, Iterable, Sequence
 
-from sqlalchemy import Column, Connection, MetaData, Table, bindparam, func, insert, select, update
+from sqlalchemy import Connection, bindparam, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.types import NullType
 
 from . import reporting
 from .config import Settings
+from .db import insert_processed
 from .github.queue import enqueue_on
 from .matching import RuleMatcher, ref_kind
 from .matrix import Cell, MatrixError, expand
 from .models import AutoTestRule, RuleType, RunStatus, TestMatrix, TestMatrixRun, TestRun, utcnow
-from .statuses import NO_MATRIX_NAME
+from .statuses import NO_MATRIX_NAME, all_queued
 
 log = logging.getLogger(__name__)
 
@@ -292,65 +290,6 @@ def unfinished_heads(connection: Connection, items: Iterable[tuple[int, Head]]) 
     return found
 
 
-_UNTYPED = MetaData()
-
-
-def _untyped(table: Table) -> Table:
-    """A copy of `table` whose columns have no type, for values already put through their types' bind processors."""
-    if table.name not in _UNTYPED.tables:
-        Table(table.name, _UNTYPED, *(Column(c.name, NullType()) for c in table.columns))
-    return _UNTYPED.tables[table.name]
-
-
-def insert_processed(connection: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
-    """executemany `rows` (all with the same keys) into `table`, converting each distinct value once.
-
-    The runs of a batch share their cells, timestamps and most other values; SQLAlchemy
-    would convert (JSON, timezone, enum) and bind every value of every row, about 9 µs a
-    row, three times what SQLite itself needs. SQLAlchemy still compiles the statement
-    and converts the values; the rows then go to the driver's executemany as they are.
-    Column defaults are applied here for columns the rows leave out.
-    """
-    if not rows:
-        return
-    dialect = connection.dialect
-    given = tuple(rows[0])
-    constants: dict[str, Any] = {}
-    for column in table.columns:
-        if column.name not in given and column.default is not None and (column.default.is_scalar or column.default.is_callable):
-            constants[column.name] = column.default.arg({}) if column.default.is_callable else column.default.arg
-    sql, order = _compiled_insert(table, given + tuple(constants), dialect)
-    if constants:
-        rows = [{**constants, **row} for row in rows]
-    converting = []
-    for position, name in enumerate(order):
-        converter = table.c[name].type.dialect_impl(dialect).bind_processor(dialect)
-        if converter is not None:
-            converting.append((position, converter))
-    memo: dict[tuple[int, int], Any] = {}
-    keep: list[Any] = []  # keeps the memoized values alive, so that their ids stay unique
-    pick = operator.itemgetter(*order)
-    params = []
-    for row in rows:
-        values = list(pick(row))
-        for position, converter in converting:
-            value = values[position]
-            if value is not None:
-                key = (position, id(value))
-                if key not in memo:
-                    keep.append(value)
-                    memo[key] = converter(value)
-                values[position] = memo[key]
-        params.append(tuple(values))
-    connection.exec_driver_sql(sql, params)
-
-
-@functools.lru_cache(maxsize=64)
-def _compiled_insert(table: Table, names: tuple[str, ...], dialect) -> tuple[str, tuple[str, ...]]:
-    compiled = insert(_untyped(table)).compile(dialect=dialect, column_keys=list(names))
-    return str(compiled), tuple(compiled.positiontup)
-
-
 _MATRIX_RUNS = TestMatrixRun.__table__
 # Built once: SQLAlchemy then finds it compiled without rebuilding it.
 _INSERT_MATRIX_RUNS = insert(_MATRIX_RUNS).returning(_MATRIX_RUNS.c.id, _MATRIX_RUNS.c.delivery_guid, _MATRIX_RUNS.c.matrix_name)
@@ -421,7 +360,7 @@ def insert_matrix_runs_on(connection: Connection, settings: Settings, items: Seq
         if item.head.pr_number is None:
             # status_call only reads these attributes; a plain object is cheaper than an ORM instance.
             matrix_run = SimpleNamespace(id=matrix_run_id, **row)
-            calls.append(reporting.status_call(settings, matrix_run, [RunStatus.QUEUED] * len(planned.matrix.cells)))
+            calls.append(reporting.aggregated_status_call(settings, matrix_run, *all_queued(len(planned.matrix.cells))))
         else:
             pr_matrix_runs.append(matrix_run_id)
         result = queued[id(item)]

@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, insert, update
+from sqlalchemy import Connection, bindparam, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from ..db import insert_processed
 from ..models import CallState, GitHubCall, utcnow
 
 
@@ -18,7 +19,6 @@ SUPERSEDE_PENDING = (
     .where(CALLS.c.coalesce_key.in_(bindparam("keys", expanding=True)), CALLS.c.state == CallState.PENDING)
     .values(state=CallState.SUPERSEDED)
 )
-INSERT_CALLS = insert(CALLS)
 # Keys per superseding UPDATE at most.
 KEYS_PER_UPDATE = 500
 
@@ -74,8 +74,9 @@ def enqueue_on(connection: Connection, calls: list[Call]) -> None:
     now = utcnow()
     for start in range(0, len(keys), KEYS_PER_UPDATE):
         connection.execute(SUPERSEDE_PENDING, {"keys": keys[start : start + KEYS_PER_UPDATE]})
-    connection.execute(
-        INSERT_CALLS,
+    insert_processed(
+        connection,
+        CALLS,
         [
             {
                 "kind": c.kind,
