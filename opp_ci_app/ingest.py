@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import datetime as dt
 import enum
 import logging
@@ -11,8 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from gidgethub import sansio
+from sqlalchemy import Connection, Engine, bindparam, func, select, tuple_, update
 from sqlalchemy import event as sa_event
-from sqlalchemy import func, insert, select, tuple_, update
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -20,7 +21,7 @@ import routers
 
 from . import planning
 from .config import Settings
-from .db import create_engine, is_sqlite, sessionmaker
+from .db import create_engine, create_sqlite_sync_engine, insert_processed, is_sqlite, sessionmaker
 from .models import Installation, Project, WebhookDelivery, utcnow
 from .planning import BadPayload, Head, ProjectRules
 
@@ -69,18 +70,28 @@ PROJECT_COLUMNS = (
 )
 
 
+# The ingest's hot queries, built once: SQLAlchemy then finds them compiled without rebuilding them.
+SELECT_PROJECTS = select(*PROJECT_COLUMNS).where(
+    tuple_(func.lower(Project.github_owner), func.lower(Project.github_repo)).in_(bindparam("keys", expanding=True))
+)
+SELECT_SEEN = select(WebhookDelivery.guid).where(WebhookDelivery.guid.in_(bindparam("guids", expanding=True)))
+
+
 def _repo_key(owner: str, repo: str) -> tuple[str, str]:
     return owner.lower(), repo.lower()
 
 
 async def load_projects(session: AsyncSession, repositories: Iterable[tuple[str, str]]) -> dict[tuple[str, str], ProjectRow]:
     """The projects of these (owner, repo) pairs, keyed by their lower-cased names; one query."""
+    return await (await session.connection()).run_sync(load_projects_on, list(repositories))
+
+
+def load_projects_on(connection: Connection, repositories: Iterable[tuple[str, str]]) -> dict[tuple[str, str], ProjectRow]:
+    """`load_projects` on a synchronous connection."""
     keys = sorted({_repo_key(*r) for r in repositories})
     if not keys:
         return {}
-    rows = await (await session.connection()).execute(
-        select(*PROJECT_COLUMNS).where(tuple_(func.lower(Project.github_owner), func.lower(Project.github_repo)).in_(keys))
-    )
+    rows = connection.execute(SELECT_PROJECTS, {"keys": keys})
     projects = [ProjectRow(*row) for row in rows]
     return {_repo_key(p.github_owner, p.github_repo): p for p in projects}
 
@@ -91,13 +102,23 @@ class RulesCache:
     def __init__(self) -> None:
         self._entries: dict[int, tuple[tuple[int, dt.datetime], ProjectRules]] = {}
 
-    async def get(self, session: AsyncSession, project: ProjectRow) -> ProjectRules:
-        key = (project.rules_version, project.created_at)
+    def _stale(self, project: ProjectRow) -> bool:
         entry = self._entries.get(project.id)
-        if entry is None or entry[0] != key:
-            entry = (key, await planning.load_project_rules(session, project.id))
-            self._entries[project.id] = entry
-        return entry[1]
+        return entry is None or entry[0] != (project.rules_version, project.created_at)
+
+    def refresh(self, connection: Connection, projects: Iterable[ProjectRow]) -> None:
+        """Load the rules of those of these projects whose cached rules are stale."""
+        for project in projects:
+            if self._stale(project):
+                rules = planning.load_project_rules(connection, project.id)
+                self._entries[project.id] = ((project.rules_version, project.created_at), rules)
+
+    async def get(self, session: AsyncSession | None, project: ProjectRow) -> ProjectRules:
+        """The project's rules; reads them only when stale (never after `refresh`)."""
+        if self._stale(project):
+            assert session is not None, "planning without a session needs its rules refreshed first"
+            await (await session.connection()).run_sync(self.refresh, [project])
+        return self._entries[project.id][1]
 
 
 @dataclass
@@ -119,7 +140,7 @@ class Delivery:
     so that it is handled again, writing, on its own.
     """
 
-    session: AsyncSession
+    session: AsyncSession | None
     settings: Settings
     rules: RulesCache
     event: sansio.Event
@@ -261,7 +282,7 @@ def unhandled_reason(event: sansio.Event) -> str:
 
 
 async def handle(
-    session: AsyncSession,
+    session: AsyncSession | None,
     settings: Settings,
     rules: RulesCache,
     event: sansio.Event,
@@ -288,8 +309,13 @@ class DuplicateDelivery(Exception):
 
 async def record(session: AsyncSession, deliveries: list[Delivery]) -> None:
     """Insert the delivery rows; DuplicateDelivery when a GUID is already there."""
+    await (await session.connection()).run_sync(record_on, deliveries)
+
+
+def record_on(connection: Connection, deliveries: list[Delivery]) -> None:
+    """`record` on a synchronous connection."""
     try:
-        await (await session.connection()).execute(insert(WebhookDelivery.__table__), [d.row() for d in deliveries])
+        insert_processed(connection, WebhookDelivery.__table__, [d.row() for d in deliveries])
     except IntegrityError:
         raise DuplicateDelivery() from None
 
@@ -311,38 +337,120 @@ def _bad(guid: str, message: str) -> Outcome:
     return Outcome(Answer.BAD_REQUEST, {"error": message, "delivery": guid})
 
 
-async def _guarded(guid: str, event_name: str, work) -> Outcome:
-    """Run `work()`; map what can go wrong to an answer (never a 5xx for bad input)."""
-    try:
-        return await work()
-    except DuplicateDelivery:
+def _failed(exc: Exception, guid: str, event_name: str) -> Outcome:
+    """The answer to a delivery whose handling raised `exc`, from its `except` block (never a 5xx for bad input)."""
+    if isinstance(exc, DuplicateDelivery):
         return DUPLICATE
-    except BadPayload as exc:
+    if isinstance(exc, BadPayload):
         return _bad(guid, str(exc))
-    except DataError:
+    extra = {"delivery": guid, "event": event_name}
+    if isinstance(exc, DataError):
         # A value the database refuses (one the payload checks let through): bad input, not an outage.
-        log.exception("database refused a value of delivery %s", guid, extra={"delivery": guid, "event": event_name})
+        log.exception("database refused a value of delivery %s", guid, extra=extra)
         return _bad(guid, "the payload has a value the database cannot store")
-    except DBAPIError:
-        log.exception("database error while handling delivery %s", guid, extra={"delivery": guid, "event": event_name})
+    if isinstance(exc, DBAPIError):
+        log.exception("database error while handling delivery %s", guid, extra=extra)
         return _unavailable(guid)
-    except Exception:
-        # The payload passed every check yet broke a handler: answer it as bad input.
-        log.exception("could not handle delivery %s (%s)", guid, event_name, extra={"delivery": guid, "event": event_name})
-        return _bad(guid, "the payload could not be processed")
+    # The payload passed every check yet broke a handler: answer it as bad input.
+    log.exception("could not handle delivery %s (%s)", guid, event_name, extra=extra)
+    return _bad(guid, "the payload could not be processed")
 
 
 async def handle_alone(session: AsyncSession, settings: Settings, rules: RulesCache, event: sansio.Event,
                        projects: dict[tuple[str, str], ProjectRow] | None = None) -> Outcome:
     """Handle and record one delivery in its own savepoint."""
-
-    async def work() -> Outcome:
+    try:
         async with session.begin_nested():
             delivery = await handle(session, settings, rules, event, projects=projects)
             await record(session, [delivery])
         return Outcome(Answer.OK, delivery.summary())
+    except Exception as exc:
+        return _failed(exc, event.delivery_id, event.event)
 
-    return await _guarded(event.delivery_id, event.event, work)
+
+def _run_now(coroutine):
+    """Run to its end, synchronously, a coroutine that never waits (planning with everything it reads loaded)."""
+    try:
+        coroutine.send(None)
+    except StopIteration as done:
+        return done.value
+    coroutine.close()
+    raise RuntimeError("planning a delivery must not wait")
+
+
+@dataclass
+class Batch:
+    """Deliveries handled in one transaction: each one's outcome, or its plan, or that it is to be handled alone."""
+
+    events: list[sansio.Event]
+    projects: dict[tuple[str, str], ProjectRow]
+    outcomes: dict[int, Outcome] = field(default_factory=dict)
+    plans: dict[int, Delivery] = field(default_factory=dict)
+    alone: list[int] = field(default_factory=list)
+
+    def answers(self) -> list[Outcome]:
+        return [self.outcomes[i] for i in range(len(self.events))]
+
+
+def plan_batch(connection: Connection, settings: Settings, rules: RulesCache, events: list[sansio.Event]) -> Batch:
+    """Read what the deliveries need, in the batch's transaction, and plan each one without writing."""
+    guids = {e.delivery_id for e in events}
+    seen = set(connection.execute(SELECT_SEEN, {"guids": list(guids)}).scalars())
+    projects = load_projects_on(connection, filter(None, (_safe_repository(e.data) for e in events)))
+    rules.refresh(connection, projects.values())
+    batch = Batch(events, projects)
+    for index, event in enumerate(events):
+        if event.delivery_id in seen:
+            batch.outcomes[index] = DUPLICATE
+            continue
+        seen.add(event.delivery_id)
+        try:
+            batch.plans[index] = _run_now(handle(None, settings, rules, event, projects=projects, planning_only=True))
+        except Exception as exc:
+            batch.outcomes[index] = _failed(exc, event.delivery_id, event.event)
+    return batch
+
+
+def write_batch(connection: Connection, settings: Settings, batch: Batch) -> None:
+    """Write with a few bulk statements the planned deliveries that need nothing else; leave the others `alone`.
+
+    Left alone: deliveries that supersede (their head has unfinished runs, maybe queued
+    earlier in this batch), cancel, record installations, or update a PR comment.
+    """
+    busy = planning.unfinished_heads(
+        connection, [(d.to_queue.project_id, d.to_queue.head) for d in batch.plans.values() if d.to_queue]
+    )
+    together: list[tuple[int, Delivery]] = []
+    for index, delivery in batch.plans.items():
+        key = delivery.head_key
+        on_pr = delivery.to_queue is not None and delivery.to_queue.head.pr_number is not None
+        if delivery.needs_writes or key in busy or on_pr:
+            batch.alone.append(index)
+        else:
+            together.append((index, delivery))
+        if key is not None:
+            busy.add(key)
+    if not together:
+        return
+    deliveries = [d for _, d in together]
+    queuing = [d for d in deliveries if d.to_queue]
+    if not queuing and connection.dialect.name == "sqlite":
+        # Only delivery rows, their GUIDs checked while this writer holds SQLite's write lock: no
+        # savepoint needed, and a failure here fails the whole transaction (nothing is recorded).
+        record_on(connection, deliveries)
+    else:
+        try:
+            with connection.begin_nested():
+                queued, _pr_matrix_runs = planning.insert_matrix_runs_on(connection, settings, [d.to_queue for d in queuing])
+                for delivery, result in zip(queuing, queued):
+                    delivery.took(result)
+                record_on(connection, deliveries)
+        except Exception:
+            # A duplicate that committed meanwhile (PostgreSQL), or anything else: isolate the culprit.
+            log.info("bulk write of %d deliveries failed; writing them one at a time", len(together), exc_info=True)
+            batch.alone = sorted(batch.alone + [index for index, _ in together])
+            return
+    batch.outcomes.update((index, Outcome(Answer.OK, d.summary())) for index, d in together)
 
 
 async def process_batch(
@@ -352,70 +460,16 @@ async def process_batch(
 
     Each delivery is first planned without writing. Those that only record themselves or
     queue runs on a head with nothing to supersede are written together with a few bulk
-    statements; the others (superseding, cancelling, installations) one at a time, each in
-    its own savepoint. A bulk write that fails is redone one at a time.
+    statements; then the others, in order, one at a time, each in its own savepoint.
     """
-    guids = {e.delivery_id for e in events}
     # Core statements on the session's connection: the hot path skips the ORM layer.
     connection = await session.connection()
-    seen = set((await connection.execute(select(WebhookDelivery.guid).where(WebhookDelivery.guid.in_(guids)))).scalars())
-    projects = await load_projects(session, filter(None, (_safe_repository(e.data) for e in events)))
-    outcomes: dict[int, Outcome] = {}
-    plans: dict[int, Delivery] = {}
-    for index, event in enumerate(events):
-        if event.delivery_id in seen:
-            outcomes[index] = DUPLICATE
-            continue
-        seen.add(event.delivery_id)
-
-        async def plan(event=event, index=index) -> Outcome:
-            plans[index] = await handle(session, settings, rules, event, projects=projects, planning_only=True)
-            return DUPLICATE  # placeholder, replaced once written
-
-        outcome = await _guarded(event.delivery_id, event.event, plan)
-        if index not in plans:
-            outcomes[index] = outcome
-    await planning.lock_heads(session, {d.head_key for d in plans.values() if d.head_key})
-    busy = await planning.unfinished_heads(
-        session, [(d.to_queue.project_id, d.to_queue.head) for d in plans.values() if d.to_queue]
-    )
-    together: list[tuple[int, Delivery]] = []
-    for index, delivery in plans.items():
-        key = delivery.head_key
-        if delivery.needs_writes or key in busy:
-            outcomes.update(await _write_together(session, settings, rules, projects, together))
-            together = []
-            outcomes[index] = await handle_alone(session, settings, rules, delivery.event, projects)
-        else:
-            together.append((index, delivery))
-        if key is not None:
-            busy.add(key)
-    outcomes.update(await _write_together(session, settings, rules, projects, together))
-    return [outcomes[i] for i in range(len(events))]
-
-
-async def _write_together(session, settings, rules, projects, planned: list[tuple[int, Delivery]]) -> dict[int, Outcome]:
-    """Write planned deliveries with bulk statements in one savepoint; one at a time if that fails."""
-    if not planned:
-        return {}
-    deliveries = [d for _, d in planned]
-    queuing = [d for d in deliveries if d.to_queue]
-    if not queuing and session.bind.dialect.name == "sqlite":
-        # Only delivery rows, their GUIDs checked while this writer holds SQLite's write lock: no
-        # savepoint needed, and a failure here fails the whole transaction (nothing is recorded).
-        await record(session, deliveries)
-        return {index: Outcome(Answer.OK, d.summary()) for index, d in planned}
-    try:
-        async with session.begin_nested():
-            queued = await planning.insert_matrix_runs(session, settings, [d.to_queue for d in queuing])
-            for delivery, result in zip(queuing, queued):
-                delivery.took(result)
-            await record(session, deliveries)
-        return {index: Outcome(Answer.OK, d.summary()) for index, d in planned}
-    except Exception:
-        # A duplicate that committed meanwhile (PostgreSQL), or anything else: isolate the culprit.
-        log.info("bulk write of %d deliveries failed; writing them one at a time", len(planned), exc_info=True)
-    return {index: await handle_alone(session, settings, rules, d.event, projects) for index, d in planned}
+    batch = await connection.run_sync(plan_batch, settings, rules, events)
+    await planning.lock_heads(session, {d.head_key for d in batch.plans.values() if d.head_key})
+    await connection.run_sync(write_batch, settings, batch)
+    for index in batch.alone:
+        batch.outcomes[index] = await handle_alone(session, settings, rules, events[index], batch.projects)
+    return batch.answers()
 
 
 def _safe_repository(data: Any) -> tuple[str, str] | None:
@@ -425,9 +479,8 @@ def _safe_repository(data: Any) -> tuple[str, str] | None:
         return None
 
 
-def _writer_engine(engine: AsyncEngine) -> AsyncEngine:
-    """SQLite: one connection whose transactions start with BEGIN IMMEDIATE so SAVEPOINTs nest inside them."""
-    writer = create_engine(engine.url.render_as_string(hide_password=False), pool_size=1, max_overflow=0)
+def _begin_immediate(engine: Engine) -> None:
+    """SQLite: transactions start with BEGIN IMMEDIATE so that SAVEPOINTs nest inside them."""
 
     def no_implicit_begin(dbapi_connection, _record) -> None:
         dbapi_connection.isolation_level = None
@@ -435,26 +488,35 @@ def _writer_engine(engine: AsyncEngine) -> AsyncEngine:
     def begin_immediate(connection) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
-    sa_event.listen(writer.sync_engine, "connect", no_implicit_begin)
-    sa_event.listen(writer.sync_engine, "begin", begin_immediate)
-    return writer
+    sa_event.listen(engine, "connect", no_implicit_begin)
+    sa_event.listen(engine, "begin", begin_immediate)
 
 
 class Ingest:
-    """Group commit: deliveries arriving together are handled in one transaction, a savepoint each."""
+    """Group commit: deliveries arriving together are handled in one transaction, a savepoint each.
+
+    On a SQLite file, one writer thread runs each batch's whole transaction synchronously
+    (stdlib sqlite3), so a batch costs one thread hop instead of several per statement; the
+    deliveries it leaves alone are then handled by the async path, in a transaction of their own.
+    """
 
     def __init__(self, engine: AsyncEngine, settings: Settings, *, max_batch: int = MAX_BATCH) -> None:
         self.settings = settings
         self.rules = RulesCache()
-        if is_sqlite(str(engine.url)) and engine.url.database not in (None, "", ":memory:"):
-            self._engine: AsyncEngine | None = _writer_engine(engine)
-            self._maker: async_sessionmaker[AsyncSession] = sessionmaker(self._engine)
+        url = engine.url.render_as_string(hide_password=False)
+        self._writer: Engine | None = None
+        self._engine: AsyncEngine | None = None
+        if is_sqlite(url) and engine.url.database not in (None, "", ":memory:"):
+            self._writer = create_sqlite_sync_engine(url, pool_size=1, max_overflow=0)
+            _begin_immediate(self._writer)
+            self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="opp_ci-sqlite-writer")
+            self._engine = create_engine(url, pool_size=1, max_overflow=0)
+            _begin_immediate(self._engine.sync_engine)
             self._writers = SQLITE_WRITERS
         else:
             # PostgreSQL (or an in-memory SQLite database, which only its own engine can see).
-            self._engine = None
-            self._maker = sessionmaker(engine)
-            self._writers = POSTGRESQL_WRITERS if not is_sqlite(str(engine.url)) else SQLITE_WRITERS
+            self._writers = POSTGRESQL_WRITERS if not is_sqlite(url) else SQLITE_WRITERS
+        self._maker: async_sessionmaker[AsyncSession] = sessionmaker(self._engine or engine)
         self._max_batch = max_batch
         self._pending: collections.deque[tuple[sansio.Event, asyncio.Future[Outcome]]] = collections.deque()
         self._active = 0
@@ -485,6 +547,27 @@ class Ingest:
 
     async def _commit(self, events: list[sansio.Event]) -> list[Outcome]:
         self.batches += 1
+        if self._writer is None:
+            return await self._commit_async(events)
+        try:
+            batch = await asyncio.get_running_loop().run_in_executor(self._thread, self._commit_in_thread, events)
+        except Exception:
+            log.exception("could not commit %d webhook deliveries", len(events),
+                          extra={"deliveries": [e.delivery_id for e in events]})
+            return [_unavailable(e.delivery_id) for e in events]
+        if batch.alone:
+            rest = await self._commit_async([events[i] for i in batch.alone])
+            batch.outcomes.update(zip(batch.alone, rest))
+        return batch.answers()
+
+    def _commit_in_thread(self, events: list[sansio.Event]) -> Batch:
+        """The SQLite writer thread: plan and bulk-write a batch in one synchronous transaction."""
+        with self._writer.begin() as connection:
+            batch = plan_batch(connection, self.settings, self.rules, events)
+            write_batch(connection, self.settings, batch)
+        return batch
+
+    async def _commit_async(self, events: list[sansio.Event]) -> list[Outcome]:
         try:
             async with self._maker() as session:
                 async with session.begin():
@@ -495,9 +578,12 @@ class Ingest:
             return [_unavailable(e.delivery_id) for e in events]
 
     async def close(self) -> None:
-        """Finish the deliveries in hand and release the writer connection."""
+        """Finish the deliveries in hand and release the writer connections."""
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._writer is not None:
+            await asyncio.get_running_loop().run_in_executor(self._thread, self._writer.dispose)
+            self._thread.shutdown()
         if self._engine is not None:
             await self._engine.dispose()
 

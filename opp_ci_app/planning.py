@@ -4,26 +4,24 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
-import functools
 import hashlib
 import logging
 import re
-import operator
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any, Iterable, Sequence
 
-from sqlalchemy import Column, MetaData, Table, func, insert, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
-from sqlalchemy.types import NullType
+from sqlalchemy import Connection, bindparam, func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from . import reporting
 from .config import Settings
-from .github.queue import enqueue
+from .db import insert_processed
+from .github.queue import enqueue_on
 from .matching import RuleMatcher, ref_kind
 from .matrix import Cell, MatrixError, expand
 from .models import AutoTestRule, RuleType, RunStatus, TestMatrix, TestMatrixRun, TestRun, utcnow
-from .statuses import NO_MATRIX_NAME
+from .statuses import NO_MATRIX_NAME, all_queued
 
 log = logging.getLogger(__name__)
 
@@ -126,14 +124,14 @@ class ProjectRules:
         ]
 
 
-async def load_project_rules(session: AsyncSession, project_id: int) -> ProjectRules:
+def load_project_rules(connection: Connection, project_id: int) -> ProjectRules:
     """Read a project's enabled rules and its matrices."""
-    rules = await session.execute(
+    rules = connection.execute(
         select(AutoTestRule.id, AutoTestRule.rule_type, AutoTestRule.pattern, AutoTestRule.matrix_id)
         .where(AutoTestRule.project_id == project_id, AutoTestRule.enabled.is_(True))
         .order_by(AutoTestRule.id)
     )
-    matrices = await session.execute(
+    matrices = connection.execute(
         select(TestMatrix.id, TestMatrix.name, TestMatrix.config).where(TestMatrix.project_id == project_id)
     )
     return ProjectRules.build(rules.all(), matrices.all())
@@ -260,103 +258,63 @@ async def lock_heads(session: AsyncSession, keys: Iterable[tuple]) -> None:
         await session.execute(select(func.pg_advisory_xact_lock(lock_id)))
 
 
-async def unfinished_heads(session: AsyncSession, items: Iterable[tuple[int, Head]]) -> set[tuple]:
+# Plain IN lists on each column (not row values) so that SQLite uses the head index; built once.
+_UNFINISHED_REFS = (
+    select(TestMatrixRun.project_id, TestMatrixRun.trigger, TestMatrixRun.git_ref)
+    .where(
+        TestMatrixRun.finished_at.is_(None),
+        TestMatrixRun.project_id.in_(bindparam("projects", expanding=True)),
+        TestMatrixRun.trigger.in_(bindparam("triggers", expanding=True)),
+        TestMatrixRun.git_ref.in_(bindparam("refs", expanding=True)),
+    )
+    .distinct()
+)
+_UNFINISHED_PRS = (
+    select(TestMatrixRun.project_id, TestMatrixRun.github_pr_number)
+    .where(
+        TestMatrixRun.finished_at.is_(None),
+        TestMatrixRun.project_id.in_(bindparam("projects", expanding=True)),
+        TestMatrixRun.github_pr_number.in_(bindparam("numbers", expanding=True)),
+    )
+    .distinct()
+)
+
+
+def unfinished_heads(connection: Connection, items: Iterable[tuple[int, Head]]) -> set[tuple]:
     """Which of these heads already have an unfinished matrix run (so queuing there may supersede)."""
     items = list(items)
     refs = {(p, h.trigger.value, h.git_ref) for p, h in items if h.trigger is not Trigger.PULL_REQUEST}
     prs = {(p, h.pr_number) for p, h in items if h.trigger is Trigger.PULL_REQUEST}
     found: set[tuple] = set()
-    unfinished = TestMatrixRun.finished_at.is_(None)
-    # Plain IN lists on each column (not row values) so that SQLite uses the head index.
     if refs:
-        rows = await (await session.connection()).execute(
-            select(TestMatrixRun.project_id, TestMatrixRun.trigger, TestMatrixRun.git_ref)
-            .where(
-                unfinished,
-                TestMatrixRun.project_id.in_({r[0] for r in refs}),
-                TestMatrixRun.trigger.in_({r[1] for r in refs}),
-                TestMatrixRun.git_ref.in_({r[2] for r in refs}),
-            )
-            .distinct()
-        )
+        rows = connection.execute(_UNFINISHED_REFS, {
+            "projects": list({r[0] for r in refs}), "triggers": list({r[1] for r in refs}), "refs": list({r[2] for r in refs})
+        })
         found.update(row for row in map(tuple, rows) if row in refs)
     if prs:
-        rows = await (await session.connection()).execute(
-            select(TestMatrixRun.project_id, TestMatrixRun.github_pr_number)
-            .where(
-                unfinished,
-                TestMatrixRun.project_id.in_({p for p, _ in prs}),
-                TestMatrixRun.github_pr_number.in_({n for _, n in prs}),
-            )
-            .distinct()
-        )
+        rows = connection.execute(_UNFINISHED_PRS, {"projects": list({p for p, _ in prs}), "numbers": list({n for _, n in prs})})
         found.update((p, Trigger.PULL_REQUEST.value, n) for p, n in rows if (p, n) in prs)
     return found
 
 
-_UNTYPED = MetaData()
-
-
-def _untyped(table: Table) -> Table:
-    """A copy of `table` whose columns have no type, for values already put through their types' bind processors."""
-    if table.name not in _UNTYPED.tables:
-        Table(table.name, _UNTYPED, *(Column(c.name, NullType()) for c in table.columns))
-    return _UNTYPED.tables[table.name]
-
-
-async def insert_processed(connection: AsyncConnection, table: Table, rows: list[dict[str, Any]]) -> None:
-    """executemany `rows` (all with the same keys) into `table`, converting each distinct value once.
-
-    The runs of a batch share their cells, timestamps and most other values; SQLAlchemy
-    would convert (JSON, timezone, enum) and bind every value of every row, about 9 µs a
-    row, three times what SQLite itself needs. SQLAlchemy still compiles the statement
-    and converts the values; the rows then go to the driver's executemany as they are.
-    Column defaults are applied here for columns the rows leave out.
-    """
-    if not rows:
-        return
-    dialect = connection.dialect
-    given = tuple(rows[0])
-    constants: dict[str, Any] = {}
-    for column in table.columns:
-        if column.name not in given and column.default is not None and (column.default.is_scalar or column.default.is_callable):
-            constants[column.name] = column.default.arg({}) if column.default.is_callable else column.default.arg
-    sql, order = _compiled_insert(table, given + tuple(constants), dialect)
-    if constants:
-        rows = [{**constants, **row} for row in rows]
-    converting = []
-    for position, name in enumerate(order):
-        converter = table.c[name].type.dialect_impl(dialect).bind_processor(dialect)
-        if converter is not None:
-            converting.append((position, converter))
-    memo: dict[tuple[int, int], Any] = {}
-    keep: list[Any] = []  # keeps the memoized values alive, so that their ids stay unique
-    pick = operator.itemgetter(*order)
-    params = []
-    for row in rows:
-        values = list(pick(row))
-        for position, converter in converting:
-            value = values[position]
-            if value is not None:
-                key = (position, id(value))
-                if key not in memo:
-                    keep.append(value)
-                    memo[key] = converter(value)
-                values[position] = memo[key]
-        params.append(tuple(values))
-    await connection.exec_driver_sql(sql, params)
-
-
-@functools.lru_cache(maxsize=64)
-def _compiled_insert(table: Table, names: tuple[str, ...], dialect) -> tuple[str, tuple[str, ...]]:
-    compiled = insert(_untyped(table)).compile(dialect=dialect, column_keys=list(names))
-    return str(compiled), tuple(compiled.positiontup)
+_MATRIX_RUNS = TestMatrixRun.__table__
+# Built once: SQLAlchemy then finds it compiled without rebuilding it.
+_INSERT_MATRIX_RUNS = insert(_MATRIX_RUNS).returning(_MATRIX_RUNS.c.id, _MATRIX_RUNS.c.delivery_guid, _MATRIX_RUNS.c.matrix_name)
 
 
 async def insert_matrix_runs(session: AsyncSession, settings: Settings, items: Sequence[QueueItem]) -> list[Queued]:
     """Insert matrix runs, their runs and pending statuses for several deliveries at once (no superseding)."""
     if not items:
         return []
+    await session.flush()  # as session.execute would: pending ORM changes go first
+    queued, pr_matrix_runs = await (await session.connection()).run_sync(insert_matrix_runs_on, settings, items)
+    # A PR's runs also update its comment; the full path reads the runs back, which pushes need not.
+    await reporting.update_github_status(session, settings, pr_matrix_runs)
+    return queued
+
+
+def insert_matrix_runs_on(connection: Connection, settings: Settings, items: Sequence[QueueItem]) -> tuple[list[Queued], list[int]]:
+    """`insert_matrix_runs` on a synchronous connection, short of PR comments: (queued, PR matrix runs to report)."""
     now = utcnow()
     matrix_rows: list[dict[str, Any]] = []
     owners: list[tuple[QueueItem, PlannedMatrixRun]] = []
@@ -388,14 +346,10 @@ async def insert_matrix_runs(session: AsyncSession, settings: Settings, items: S
             )
             owners.append((item, planned))
     if not matrix_rows:
-        return [Queued() for _ in items]
-    table = TestMatrixRun.__table__
+        return [Queued() for _ in items], []
     # Matched back by (delivery, matrix name), unique per row: asking SQLAlchemy to keep the
     # parameter order would make it insert one row per statement on SQLite.
-    connection = await session.connection()
-    returned = await connection.execute(
-        insert(table).returning(table.c.id, table.c.delivery_guid, table.c.matrix_name), matrix_rows
-    )
+    returned = connection.execute(_INSERT_MATRIX_RUNS, matrix_rows)
     id_of = {(guid, name): matrix_run_id for matrix_run_id, guid, name in returned}
     ids = [id_of[row["delivery_guid"], row["matrix_name"]] for row in matrix_rows]
     run_columns = ("project_id", "github_owner", "github_repo", "github_commit_sha", "github_pr_number",
@@ -416,17 +370,15 @@ async def insert_matrix_runs(session: AsyncSession, settings: Settings, items: S
         elif item.head.pr_number is None:
             # status_call only reads these attributes; a plain object is cheaper than an ORM instance.
             matrix_run = SimpleNamespace(id=matrix_run_id, **row)
-            calls.append(reporting.status_call(settings, matrix_run, [RunStatus.QUEUED] * len(planned.matrix.cells)))
+            calls.append(reporting.aggregated_status_call(settings, matrix_run, *all_queued(len(planned.matrix.cells))))
         else:
             pr_matrix_runs.append(matrix_run_id)
         result = queued[id(item)]
         result.matrix_run_ids.append(matrix_run_id)
         result.runs_queued += len(planned.matrix.cells)
-    await insert_processed(connection, TestRun.__table__, run_rows)
-    await enqueue(session, calls)
-    # A PR's runs also update its comment; the full path reads the runs back, which pushes need not.
-    await reporting.update_github_status(session, settings, pr_matrix_runs)
-    return [queued[id(item)] for item in items]
+    insert_processed(connection, TestRun.__table__, run_rows)
+    enqueue_on(connection, calls)
+    return [queued[id(item)] for item in items], pr_matrix_runs
 
 
 async def queue_matrix_runs(session: AsyncSession, settings: Settings, item: QueueItem) -> Queued:

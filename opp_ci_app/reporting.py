@@ -20,7 +20,11 @@ def matrix_run_url(settings: Settings, matrix_run_id: int) -> str:
 
 def status_call(settings: Settings, matrix_run: TestMatrixRun, run_statuses: Iterable) -> Call:
     """The commit status call for a matrix run whose runs have `run_statuses`."""
-    state, description = statuses.aggregate(run_statuses)
+    return aggregated_status_call(settings, matrix_run, *statuses.aggregate(run_statuses))
+
+
+def aggregated_status_call(settings: Settings, matrix_run: TestMatrixRun, state: statuses.State, description: str) -> Call:
+    """The commit status call for a matrix run whose runs add up to `state` and `description`."""
     ctx = statuses.context(settings.status_context, matrix_run.matrix_name)
     return Call(
         kind=CallKind.STATUS,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import functools
 from collections import Counter
 from typing import Iterable
 
@@ -48,6 +49,12 @@ def aggregate(statuses: Iterable[RunStatus]) -> tuple[State, str]:
     if errored or cancelled:
         return State.ERROR, truncate(_summary(counts, total))
     return State.SUCCESS, truncate(f"all {total} passed" if total > 1 else "passed")
+
+
+@functools.lru_cache(maxsize=64)
+def all_queued(total: int) -> tuple[State, str]:
+    """`aggregate` of `total` queued runs (a matrix run just queued), worked out once per size."""
+    return aggregate([RunStatus.QUEUED] * total)
 
 
 def _summary(counts: Counter, total: int) -> str:

@@ -5,10 +5,22 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import insert, update
+from sqlalchemy import Connection, bindparam, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from ..db import insert_processed
 from ..models import CallState, GitHubCall, utcnow
+
+
+CALLS = GitHubCall.__table__
+# Built once: SQLAlchemy then finds them compiled without rebuilding them.
+SUPERSEDE_PENDING = (
+    update(CALLS)
+    .where(CALLS.c.coalesce_key.in_(bindparam("keys", expanding=True)), CALLS.c.state == CallState.PENDING)
+    .values(state=CallState.SUPERSEDED)
+)
+# Keys per superseding UPDATE at most.
+KEYS_PER_UPDATE = 500
 
 
 class CallKind:
@@ -44,7 +56,14 @@ def dispatch_key(owner: str, repo: str) -> str:
 
 
 async def enqueue(session: AsyncSession, calls: list[Call]) -> None:
-    """Queue `calls`; older pending calls with the same key are superseded (never sent)."""
+    """Queue `calls` in the session's transaction; older pending calls with the same key are superseded (never sent)."""
+    if calls:
+        await session.flush()  # as session.execute would: pending ORM changes go first
+        await (await session.connection()).run_sync(enqueue_on, calls)
+
+
+def enqueue_on(connection: Connection, calls: list[Call]) -> None:
+    """`enqueue` on a synchronous connection (the SQLite ingest's writer thread)."""
     if not calls:
         return
     # Keep only the newest call per key within this batch as well.
@@ -53,15 +72,11 @@ async def enqueue(session: AsyncSession, calls: list[Call]) -> None:
         newest[call.coalesce_key] = call
     keys = list(newest)
     now = utcnow()
-    for start in range(0, len(keys), 500):
-        await session.execute(
-            update(GitHubCall)
-            .where(GitHubCall.coalesce_key.in_(keys[start : start + 500]), GitHubCall.state == CallState.PENDING)
-            .values(state=CallState.SUPERSEDED)
-            .execution_options(synchronize_session=False)
-        )
-    await session.execute(
-        insert(GitHubCall),
+    for start in range(0, len(keys), KEYS_PER_UPDATE):
+        connection.execute(SUPERSEDE_PENDING, {"keys": keys[start : start + KEYS_PER_UPDATE]})
+    insert_processed(
+        connection,
+        CALLS,
         [
             {
                 "kind": c.kind,
