@@ -139,3 +139,22 @@ async def admin_headers(make_token) -> dict[str, str]:
 @pytest.fixture
 async def readonly_headers(make_token) -> dict[str, str]:
     return {"Authorization": f"Bearer {await make_token(Role.READONLY)}"}
+
+
+@pytest.fixture
+def opp_ci(database_url, monkeypatch, capsys, tmp_path):
+    """Run `opp_ci ARGS...` in-process on the test database; returns (exit code, stdout, stderr)."""
+    from opp_ci_app.cli import main
+
+    monkeypatch.setenv("OPP_CI_DATABASE_URL", database_url)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for name in ("OPP_CI_GITHUB_TOKEN", "OPP_CI_PUBLIC_URL", "OPP_CI_GITHUB_STATUS_CONTEXT"):
+        monkeypatch.delenv(name, raising=False)
+
+    def run(*args: str) -> tuple[int, str, str]:
+        with pytest.raises(SystemExit) as info:
+            main(list(args))
+        out, err = capsys.readouterr()
+        return info.value.code, out, err
+
+    return run

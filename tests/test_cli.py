@@ -22,21 +22,6 @@ HOLD_PORT = (
 )
 
 
-@pytest.fixture
-def opp_ci(database_url, monkeypatch, capsys, tmp_path):
-    """Run `opp_ci ARGS...` in-process on the test database; returns (exit code, stdout, stderr)."""
-    monkeypatch.setenv("OPP_CI_DATABASE_URL", database_url)
-    monkeypatch.setenv("HOME", str(tmp_path))
-
-    def run(*args: str) -> tuple[int, str, str]:
-        with pytest.raises(SystemExit) as info:
-            main(list(args))
-        out, err = capsys.readouterr()
-        return info.value.code, out, err
-
-    return run
-
-
 def test_walkthrough(opp_ci):
     code, out, _ = opp_ci("project", "create", "--name", "inet", "--github", "inet-framework/inet")
     assert code == 0 and "created project inet" in out

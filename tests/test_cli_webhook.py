@@ -3,29 +3,11 @@
 import pytest
 from sqlalchemy import func, select
 
-from opp_ci_app.cli import main
 from opp_ci_app.cli_webhook import BadRef, build_payload, normalise_ref
 from opp_ci_app.models import GitHubCall, RunStatus, TestMatrixRun, TestRun, WebhookDelivery
 from tests.conftest import run_in_thread
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
-
-
-@pytest.fixture
-def opp_ci(database_url, monkeypatch, capsys, tmp_path):
-    """Run `opp_ci ARGS...` in-process on the test database; returns (exit code, stdout, stderr)."""
-    monkeypatch.setenv("OPP_CI_DATABASE_URL", database_url)
-    monkeypatch.setenv("HOME", str(tmp_path))
-    for name in ("OPP_CI_GITHUB_TOKEN", "OPP_CI_PUBLIC_URL", "OPP_CI_GITHUB_STATUS_CONTEXT"):
-        monkeypatch.delenv(name, raising=False)
-
-    def run(*args: str) -> tuple[int, str, str]:
-        with pytest.raises(SystemExit) as info:
-            main(list(args))
-        out, err = capsys.readouterr()
-        return info.value.code, out, err
-
-    return run
 
 
 @pytest.fixture
