@@ -1,7 +1,6 @@
 """Git notes: note text, the notes API, the dispatch queued when a commit finishes, and the workflow template run for real."""
 
 import asyncio
-import json
 import logging
 import os
 import re

@@ -243,7 +243,7 @@ async def test_deliveries_page(client, db):
                                     ignored="no project for acme/unknown"))
     text = await (await client.get("/deliveries")).text()
     assert "72d3162e-cc78-11e3-81ab-4c9367dc0958" in text
-    assert f'queued 3 runs:\n' in text or "queued 3 runs" in text
+    assert "queued 3 runs" in text
     assert f'href="/matrix-runs/{mr_id}"' in text
     assert "no project for acme/unknown" in text and "st-ignored" in text
 
