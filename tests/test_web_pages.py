@@ -700,3 +700,15 @@ async def test_failed_calls_on_deliveries_and_matrix_run_pages(client, db):
     assert "GitHub refused the status</strong> after 1 attempt:" in text
     assert "The workflow dispatch was not sent</strong>:" in text and "GitHub refused the workflow" not in text
     assert text.count('class="badge st-call-failed">failed</span>') == 2
+
+
+async def test_links_go_to_github_enterprise_when_configured(aiohttp_client, settings, engine, db):
+    from opp_ci_app.app import create_app
+
+    client = await aiohttp_client(create_app(settings.replace(github_base_url="https://ghe.example.org/api/v3"),
+                                             engine=engine, background=False))
+    mr_id = await seed_push(db, await seed_catalog(db), pr=7)
+    text = await (await client.get(f"/matrix-runs/{mr_id}")).text()
+    assert f'href="https://ghe.example.org/inet-framework/inet/commit/{SHA}"' in text
+    assert 'href="https://ghe.example.org/inet-framework/inet/pull/7"' in text
+    assert "https://github.com/" not in text

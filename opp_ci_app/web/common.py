@@ -16,6 +16,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from ..appkeys import SESSIONMAKER, SETTINGS
+from ..github.manifest import github_web_url
 from ..github.sender import NEEDS_CREDENTIALS
 from ..models import CallState, GitHubCall
 from .csrf import CSRF_FIELD, csrf_token, csrf_valid
@@ -237,6 +238,8 @@ def setup_web(app: web.Application) -> None:
         default_helpers=False,
     )
     env.filters.update(FILTERS)
+    # GitHub's web site for links to repositories, commits and PRs (github.com, or a GitHub Enterprise host).
+    env.globals["github_web"] = github_web_url(app[SETTINGS].github_base_url)
     app.router.add_static("/static/", STATIC_DIR, name="static", append_version=True)
     setup_sessions(app)
     app.middlewares.append(html_errors)

@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from .. import catalog, tokens
 from ..appkeys import SESSIONMAKER, SETTINGS
+from ..github.manifest import github_web_url
 from ..github.sender import NEEDS_CREDENTIALS
 from ..matrix import expand
 from ..models import (
@@ -46,7 +47,6 @@ COMMIT_RE = re.compile(r"^[0-9a-f]{7,64}$")
 HOME_RECENT = 10
 RULE_RECENT = 10
 MAX_PAGE = 10_000
-GITHUB_WEB = "https://github.com"
 WEBHOOK_PATH = "/api/github/webhook"
 LOGIN_REFUSED = "That token is invalid or not an admin token."
 NO_MATRIX_LABEL = f"none → one {NO_MATRIX_NAME} cell"
@@ -122,12 +122,17 @@ def _path_id(request: web.Request) -> int:
     return number
 
 
-def commit_url(owner: str, repo: str, sha: str) -> str:
-    return f"{GITHUB_WEB}/{owner}/{repo}/commit/{sha}"
+def repo_url(request: web.Request, owner: str, repo: str) -> str:
+    """The repository on GitHub's web site (github.com, or the GitHub Enterprise host)."""
+    return f"{github_web_url(request.app[SETTINGS].github_base_url)}/{owner}/{repo}"
 
 
-def pr_url(owner: str, repo: str, number: int) -> str:
-    return f"{GITHUB_WEB}/{owner}/{repo}/pull/{number}"
+def commit_url(request: web.Request, owner: str, repo: str, sha: str) -> str:
+    return f"{repo_url(request, owner, repo)}/commit/{sha}"
+
+
+def pr_url(request: web.Request, owner: str, repo: str, number: int) -> str:
+    return f"{repo_url(request, owner, repo)}/pull/{number}"
 
 
 def run_seconds(run: TestRun) -> float | None:
@@ -276,8 +281,8 @@ async def run_page(request: web.Request) -> web.Response:
             "project": project,
             "matrix_run": matrix_run,
             "seconds": run_seconds(run),
-            "commit_url": commit_url(run.github_owner, run.github_repo, run.github_commit_sha),
-            "pr_url": pr_url(run.github_owner, run.github_repo, run.github_pr_number) if run.github_pr_number else None,
+            "commit_url": commit_url(request, run.github_owner, run.github_repo, run.github_commit_sha),
+            "pr_url": pr_url(request, run.github_owner, run.github_repo, run.github_pr_number) if run.github_pr_number else None,
         },
     )
 
@@ -315,9 +320,9 @@ async def matrix_run_page(request: web.Request) -> web.Response:
             "needs_credentials": NEEDS_CREDENTIALS,
             "now": utcnow(),
             "run_seconds": run_seconds,
-            "commit_url": commit_url(owner, repo, matrix_run.github_commit_sha),
-            "pr_url": pr_url(owner, repo, matrix_run.github_pr_number) if matrix_run.github_pr_number else None,
-            "repo_url": f"{GITHUB_WEB}/{owner}/{repo}",
+            "commit_url": commit_url(request, owner, repo, matrix_run.github_commit_sha),
+            "pr_url": pr_url(request, owner, repo, matrix_run.github_pr_number) if matrix_run.github_pr_number else None,
+            "repo_url": repo_url(request, owner, repo),
         },
     )
 
