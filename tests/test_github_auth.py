@@ -186,3 +186,34 @@ async def test_app_holds_the_credentials_object(github_settings, engine):
     auth = app[SERVICES]["github_auth"]
     assert isinstance(auth, GitHubAuth)
     assert (auth.mode, auth.base_url) == (AuthMode.TOKEN, github_settings.github_base_url)
+
+
+async def test_failed_attempts_in_app_mode_are_redacted_and_retried(db, fake_github, app_auth, make_sender, github_clock):
+    """Once an installation token is cached, a failing call is still classified, redacted and retried."""
+    async with db.begin() as session:
+        project = await catalog.create_project(session, "inet", OWNER, REPO)
+    sender = make_sender(auth=app_auth)
+    await queue(db, status(sha="1" * 40, project_id=project.id))
+    await sender.run_once()  # mints and caches a token
+    token = fake_github.minted[0]["token"]
+    fake_github.fail("POST", r"/repos/.*/statuses/.*", 422, body={"message": f"rejected {token}"})
+    await queue(db, status(sha="2" * 40, project_id=project.id))
+    await sender.run_once()
+    async with db() as session:
+        row = (await session.scalars(select(GitHubCall).where(GitHubCall.payload["sha"].as_string() == "2" * 40))).one()
+    assert row.state == CallState.FAILED and row.attempts == 1
+    assert token not in row.last_error and "rejected" in row.last_error
+
+
+async def test_reinstalled_app_is_looked_up_again(db, fake_github, app_auth, make_sender, github_clock):
+    from tests.plugins.fake_github import drain
+
+    async with db.begin() as session:
+        project = await catalog.create_project(session, "inet", OWNER, REPO)
+        project.installation_id = 999  # an installation that was removed; the App is now installed as 4242
+    await queue(db, status(sha="3" * 40, project_id=project.id))
+    await drain(make_sender(auth=app_auth), github_clock)
+    assert posted(fake_github, "3" * 40) == [("opp_ci/smoke", "pending")]
+    assert [m["installation_id"] for m in fake_github.minted] == [INSTALLATION]
+    async with db() as session:
+        assert (await session.get(Project, project.id)).installation_id == INSTALLATION

@@ -122,7 +122,8 @@ class GitHubAuth:
 
     def secrets(self) -> list[str]:
         """Every credential this object knows, for redaction."""
-        values = [self._token, self._private_key, self.actions_token, *self._installation_tokens.values()]
+        minted = [token for token, _expires in self._installation_tokens.values()]
+        values = [self._token, self._private_key, self.actions_token, *minted]
         return [v for v in values if v]
 
     def redact(self, text: str) -> str:
@@ -187,6 +188,13 @@ class GitHubAuth:
     def forget_installation_token(self, installation_id: int) -> None:
         """Drop a cached token GitHub no longer accepts."""
         self._installation_tokens.pop(int(installation_id), None)
+
+    def forget_installation(self, installation_id: int) -> None:
+        """Forget an installation GitHub says is gone: its token and the repositories it was known for."""
+        self.forget_installation_token(installation_id)
+        for repo, known in list(self._installation_ids.items()):
+            if known == int(installation_id):
+                del self._installation_ids[repo]
 
     # -- clients for repositories -------------------------------------------------------------
 

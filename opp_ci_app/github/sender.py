@@ -113,6 +113,10 @@ class CallFailed(Exception):
     """The call cannot be made, and trying again will not help."""
 
 
+class InstallationGone(Exception):
+    """The installation id we knew for a repository is gone (the App was reinstalled, say): look again."""
+
+
 def classify(exc: BaseException, attempts: int, now: dt.datetime, rand: Callable[[], float] = random.random) -> Outcome:
     """The retry policy, in one place: how a failed attempt is handled."""
     if isinstance(exc, CallFailed):
@@ -137,6 +141,8 @@ def classify(exc: BaseException, attempts: int, now: dt.datetime, rand: Callable
         return Outcome(CallState.PENDING, _github_message(exc), backoff(attempts, rand))
     if isinstance(exc, gidgethub.HTTPException):
         return Outcome(CallState.FAILED, _github_message(exc))
+    if isinstance(exc, InstallationGone):
+        return Outcome(CallState.PENDING, str(exc), backoff(attempts, rand))
     if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
         return Outcome(CallState.PENDING, "GitHub did not answer in time", backoff(attempts, rand))
     if isinstance(exc, aiohttp.ClientError):
@@ -406,6 +412,23 @@ class Sender:
                 )
         return installation_id
 
+    async def _repo_client(self, claimed: Claimed, installation_id: int | None) -> GitHubClient:
+        """The client for a repository call; a stale installation id is forgotten so the next try looks again."""
+        try:
+            return await self.auth.repo_client(self.http, installation_id)
+        except gidgethub.BadRequest as exc:
+            if installation_id is None or int(exc.status_code) != 404:
+                raise
+        self.auth.forget_installation(installation_id)
+        async with self.sessionmaker.begin() as session:
+            await session.execute(
+                update(Project).where(Project.installation_id == installation_id).values(installation_id=None)
+            )
+        raise InstallationGone(
+            f"installation {installation_id} of the GitHub App is gone; "
+            f"looking up the installation of {claimed.github_owner}/{claimed.github_repo} again"
+        )
+
     async def _token_key(self, claimed: Claimed) -> str:
         if claimed.kind == CallKind.WORKFLOW_DISPATCH:
             return ACTIONS_TOKEN_KEY
@@ -421,7 +444,7 @@ class Sender:
         else:
             installation_id = await self._installation_id(claimed)
             key = self.auth.token_key(installation_id)
-            client = await self.auth.repo_client(self.http, installation_id)
+            client = await self._repo_client(claimed, installation_id)
         # Mutating calls for one token go one at a time.
         async with self._token_locks.setdefault(key, asyncio.Lock()):
             blocked = self._blocked_until.get(key)
