@@ -42,6 +42,8 @@ class Settings:
     port: int = 8080
     public_url: str = DEFAULT_PUBLIC_URL
     webhook_secret: str | None = None
+    # True when OPP_CI_GITHUB_WEBHOOK_SECRET (or its _FILE) set it: then it wins over the App's own secret.
+    webhook_secret_from_env: bool = False
     github_base_url: str = DEFAULT_GITHUB_BASE_URL
     github_token: str | None = dataclasses.field(default=None, repr=False)
     github_app_id: str | None = None
@@ -67,7 +69,7 @@ class Settings:
         check_private_key(private_key)
         object.__setattr__(self, "github_app_id", str(app_id))
         object.__setattr__(self, "github_app_private_key", private_key)
-        if webhook_secret:
+        if webhook_secret and not self.webhook_secret_from_env:
             object.__setattr__(self, "webhook_secret", webhook_secret)
 
 
@@ -154,6 +156,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     if (app_id is None) != (private_key is None):
         missing = "OPP_CI_GITHUB_APP_PRIVATE_KEY" if private_key is None else "OPP_CI_GITHUB_APP_ID"
         raise ConfigError(missing, "App mode needs both the App id and its private key")
+    webhook_secret = _read_secret(env, "OPP_CI_GITHUB_WEBHOOK_SECRET")
     context = env.get("OPP_CI_GITHUB_STATUS_CONTEXT") or "opp_ci"
     if len(context) > 100:
         raise ConfigError("OPP_CI_GITHUB_STATUS_CONTEXT", "longer than 100 characters")
@@ -162,7 +165,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         host=env.get("OPP_CI_HOST") or "127.0.0.1",
         port=_int(env, "OPP_CI_PORT", 8080, 0, 65535),
         public_url=_url(env, "OPP_CI_PUBLIC_URL", DEFAULT_PUBLIC_URL),
-        webhook_secret=_read_secret(env, "OPP_CI_GITHUB_WEBHOOK_SECRET"),
+        webhook_secret=webhook_secret,
+        webhook_secret_from_env=webhook_secret is not None,
         github_base_url=_url(env, "OPP_CI_GITHUB_BASE_URL", DEFAULT_GITHUB_BASE_URL),
         github_token=_read_secret(env, "OPP_CI_GITHUB_TOKEN", TOKEN_FILE_DEFAULT),
         github_app_id=app_id.strip() if app_id else None,

@@ -40,6 +40,7 @@ def test_secret_from_file_and_variable_wins(tmp_path):
     secret_file.write_text("from-file\n")
     env = {"OPP_CI_GITHUB_WEBHOOK_SECRET_FILE": str(secret_file)}
     assert load_settings(env).webhook_secret == "from-file"
+    assert load_settings(env).webhook_secret_from_env and not load_settings({}).webhook_secret_from_env
     env["OPP_CI_GITHUB_WEBHOOK_SECRET"] = "from-env"
     assert load_settings(env).webhook_secret == "from-env"
 

@@ -115,3 +115,16 @@ async def test_organization_name_is_checked(setup_client):
     )
     assert resp.status == 422
     assert "Enter the organization" in await resp.text()
+
+
+async def test_webhook_secret_from_the_environment_wins(setup_client, github_settings):
+    client = setup_client
+    live = client.app[SETTINGS]
+    object.__setattr__(live, "webhook_secret_from_env", True)  # as load_settings does for OPP_CI_GITHUB_WEBHOOK_SECRET
+    action, _ = await start_flow(client, account="user")
+    resp = await client.get("/github/setup/callback", params={"code": "e1", "state": action.rsplit("state=", 1)[1]})
+    assert "is set and wins over the secret GitHub" in await resp.text()
+    assert live.app_mode and live.webhook_secret == "It's a Secret to Everybody"
+    restarted = with_stored_app(github_settings.replace(github_token=None, webhook_secret="from-env", webhook_secret_from_env=True))
+    assert restarted.app_mode and restarted.webhook_secret == "from-env"
+    assert with_stored_app(github_settings.replace(github_token=None)).webhook_secret == load_stored_app(github_settings).webhook_secret

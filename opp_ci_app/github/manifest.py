@@ -158,9 +158,12 @@ def with_stored_app(settings: Settings) -> Settings:
     if stored is None:
         return settings
     log.info("App mode with the GitHub App %s (id %s) registered through /github/setup", stored.slug, stored.app_id)
+    # GitHub signs the App's deliveries with the secret it generated; OPP_CI_GITHUB_WEBHOOK_SECRET still wins.
+    secret = settings.webhook_secret
+    if not settings.webhook_secret_from_env and stored.webhook_secret:
+        secret = stored.webhook_secret
     return settings.replace(
         github_app_id=stored.app_id,
         github_app_private_key=stored.private_key,
-        # GitHub signs the App's deliveries with the secret it generated in the manifest flow.
-        webhook_secret=stored.webhook_secret or settings.webhook_secret,
+        webhook_secret=secret,
     )
