@@ -87,13 +87,24 @@ def note_text(runs: Sequence[RunLine], link: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _reported_runs(*columns):
+    """A select of `columns` over runs GitHub is told of (not those of `rule test-webhook --queue`)."""
+    return (
+        select(*columns)
+        .join(TestMatrixRun, TestRun.matrix_run_id == TestMatrixRun.id)
+        .where(TestMatrixRun.report_to_github.is_(True))
+    )
+
+
 async def finished_commit_notes(
     session: AsyncSession, settings: Settings, project: Project, limit: int = DEFAULT_LIMIT
 ) -> list[dict[str, str]]:
     """`[{"sha", "note"}]` for the project's commits whose runs have all finished, newest first."""
-    unfinished = select(TestRun.github_commit_sha).where(TestRun.project_id == project.id, TestRun.status.in_(UNFINISHED))
+    unfinished = _reported_runs(TestRun.github_commit_sha).where(
+        TestRun.project_id == project.id, TestRun.status.in_(UNFINISHED)
+    )
     newest = (
-        select(TestRun.github_commit_sha)
+        _reported_runs(TestRun.github_commit_sha)
         .where(TestRun.project_id == project.id, TestRun.github_commit_sha.not_in(unfinished))
         .group_by(TestRun.github_commit_sha)
         .order_by(func.max(TestRun.finished_at).desc(), TestRun.github_commit_sha)
@@ -104,9 +115,9 @@ async def finished_commit_notes(
         return []
     by_sha: dict[str, list[RunLine]] = defaultdict(list)
     rows = await session.execute(
-        select(TestRun.github_commit_sha, TestRun.id, TestRun.label, TestRun.status, TestRun.test_exec_seconds).where(
-            TestRun.project_id == project.id, TestRun.github_commit_sha.in_(shas)
-        )
+        _reported_runs(
+            TestRun.github_commit_sha, TestRun.id, TestRun.label, TestRun.status, TestRun.test_exec_seconds
+        ).where(TestRun.project_id == project.id, TestRun.github_commit_sha.in_(shas))
     )
     for sha, run_id, label, status, seconds in rows:
         by_sha[sha].append(RunLine(run_id, label, status, seconds))
@@ -121,7 +132,7 @@ async def queue_dispatch_if_done(session: AsyncSession, settings: Settings, matr
     still_running = set(
         (
             await session.execute(
-                select(TestRun.project_id, TestRun.github_commit_sha)
+                _reported_runs(TestRun.project_id, TestRun.github_commit_sha)
                 .where(tuple_(TestRun.project_id, TestRun.github_commit_sha).in_(list(commits)))
                 .where(TestRun.status.in_(UNFINISHED))
                 .distinct()

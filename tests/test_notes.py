@@ -234,3 +234,14 @@ async def test_note_link_lists_the_commits_runs(client, db, inet, readonly_heade
     assert len(shown) == 2 and str(other_run) not in shown
     resp = await client.get("/runs?commit=xyz")
     assert resp.status == 400 and "commit must be a commit SHA" in await resp.text()
+
+
+async def test_runs_github_is_not_told_of_make_no_notes(client, db, inet, readonly_headers):
+    await add_commit(db, "a" * 40, [P])
+    test_only = await add_commit(db, "b" * 40, [F])
+    mixed = await add_commit(db, "a" * 40, [F])
+    async with db.begin() as session:
+        for matrix_run_id in (test_only.id, mixed.id):
+            (await session.get(TestMatrixRun, matrix_run_id)).report_to_github = False
+    notes = await (await client.get("/api/notes/inet-framework/inet", headers=readonly_headers)).json()
+    assert [(n["sha"], n["note"].splitlines()[0]) for n in notes] == [("a" * 40, "✅ PASS 1/1")]
