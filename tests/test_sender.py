@@ -575,3 +575,28 @@ async def test_claims_racing_for_one_key_yield(db, fake_github, make_sender):
     older_row, newer_row = await rows(db)
     assert (older_row.state, older_row.lease_owner) == (CallState.SUPERSEDED, None)
     assert (newer_row.state, newer_row.lease_owner) == (CallState.PENDING, "second")
+
+
+async def test_comment_of_another_account_is_replaced_by_our_own(db, fake_github, make_sender, project_id):
+    """After switching from token mode to App mode, the remembered comment is the old account's: GitHub says 403."""
+    old = fake_github.add_comment(OWNER, REPO, 7, f"{MARKER}\nold", "previous-token-user")
+    async with db.begin() as session:
+        session.add(PrComment(project_id=project_id, github_owner=OWNER, github_repo=REPO, github_pr_number=7,
+                              comment_id=old["id"], body_sha256="0" * 64))
+    fake_github.fail("PATCH", rf"/repos/{OWNER}/{REPO}/issues/comments/{old['id']}", 403,
+                     body={"message": "You must have push access to update this comment."})
+    await queue(db, comment(project_id, "two"))
+    await make_sender().run_once()
+    by_author = {c["user"]["login"]: c["body"] for c in fake_github.comments(OWNER, REPO, 7)}
+    assert by_author == {"previous-token-user": f"{MARKER}\nold", fake_github.user_login: f"{MARKER}\ntwo"}
+    assert (await remembered(db, project_id)).comment_id != old["id"]
+
+
+async def test_rate_limited_comment_edit_keeps_the_comment(db, fake_github, make_sender, project_id, github_clock):
+    sender = make_sender()
+    await queue(db, comment(project_id, "one"))
+    await sender.run_once()
+    fake_github.fail("PATCH", r"/repos/.*/issues/comments/\d+", 403, headers={"retry-after": "30"})
+    await queue(db, comment(project_id, "two"))
+    await drain(sender, github_clock)
+    assert [c["body"] for c in fake_github.comments(OWNER, REPO, 7)] == [f"{MARKER}\ntwo"]

@@ -54,6 +54,14 @@ class CommentResult:
     body_sha256: str
 
 
+def _comment_lost(exc: gidgethub.BadRequest) -> bool:
+    """True when the remembered comment cannot be edited by us any more (deleted, or another account's)."""
+    if exc.status_code == 404:
+        return True
+    rate_limited = isinstance(exc, gidgethub.RateLimitExceeded) or "retry-after" in {k.lower() for k in exc.headers}
+    return exc.status_code == 403 and not rate_limited and "rate limit" not in str(exc).lower()
+
+
 class GitHubClient(gidgethub.aiohttp.GitHubAPI):
     """gidgethub's client with the API version pinned, a request timeout and opp_ci's calls."""
 
@@ -178,9 +186,9 @@ class GitHubClient(gidgethub.aiohttp.GitHubAPI):
                 await self.edit_pr_comment(owner, repo, comment_id, body)
                 return CommentResult(comment_id, CommentAction.UPDATED, digest)
             except gidgethub.BadRequest as exc:
-                if exc.status_code != 404:
+                if not _comment_lost(exc):
                     raise
-                # Someone deleted it: look for another one, else start afresh.
+                # Deleted, or written by another account (token mode before App mode): find ours, else start afresh.
         found = await self.find_own_comment(owner, repo, number, marker, login)
         if found is not None:
             if found.get("body") == body:
