@@ -105,11 +105,12 @@ async def test_search_ignores_other_authors_and_other_projects(fake_github, gh):
     assert found["id"] == mine["id"]
 
 
-async def test_comment_edit_refused_raises(fake_github, gh):
+async def test_comment_we_may_not_edit_is_left_alone_and_ours_created(fake_github, gh):
     other = fake_github.add_comment(OWNER, REPO, 3, "theirs", "mallory")
-    with pytest.raises(gidgethub.BadRequest) as info:
-        await gh.update_or_create_pr_comment(
-            OWNER, REPO, 3, "x", marker=MARKER, login=fake_github.user_login, comment_id=other["id"]
-        )
-    assert info.value.status_code == 403
-    assert fake_github.comments(OWNER, REPO, 3)[0]["body"] == "theirs"
+    result = await gh.update_or_create_pr_comment(
+        OWNER, REPO, 3, "x", marker=MARKER, login=fake_github.user_login, comment_id=other["id"]
+    )
+    assert [c["body"] for c in fake_github.comments(OWNER, REPO, 3)] == ["theirs", f"{MARKER}\nx"]
+    assert result.comment_id != other["id"]
+
+
