@@ -24,6 +24,8 @@ DEFAULT_POLL_INTERVAL = 5.0
 DEFAULT_LEASE_SECONDS = 300
 # Heartbeats go out three times per lease, so one lost heartbeat never costs the run.
 HEARTBEATS_PER_LEASE = 3
+# How long a stopping worker still tries to report what it has.
+STOP_REPORT_SECONDS = 5
 OUTPUT_TAIL_BYTES = 64 * 1024
 READ_CHUNK = 64 * 1024
 RETRY_MAX_SECONDS = 60.0
@@ -241,12 +243,20 @@ async def handle_job(server: Server, command: str, job: dict[str, Any], lease_se
                     "/api/workers/result",
                     {"run_id": run_id, "worker": server.name, "result_code": ResultCode.ERROR, "details": "the worker was stopped"},
                 ),
-                5,
+                STOP_REPORT_SECONDS,
             )
         raise
     except OSError as exc:
         outcome = Outcome(ResultCode.ERROR, None, 0.0, "", str(exc), f"the command could not start: {exc.strerror or exc}")
-    answer = await server.report(run_id, outcome)
+    # A stop (SIGTERM, Ctrl-C) while reporting still lets the result reach the server.
+    report = asyncio.ensure_future(server.report(run_id, outcome))
+    try:
+        answer = await asyncio.shield(report)
+    except asyncio.CancelledError:
+        click.echo(f"{_describe(job)}: {outcome.result_code}; stopping once the result is reported")
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(report, STOP_REPORT_SECONDS)
+        raise
     line = f"{_describe(job)}: {outcome.result_code} in {outcome.seconds:.1f}s"
     if outcome.result_code != ResultCode.PASS:
         line += f" ({outcome.details})"

@@ -263,3 +263,34 @@ async def test_a_result_waits_for_a_restarted_server(settings, engine, db, worke
     assert f"run {run_id}: cannot report yet (cannot reach http://127.0.0.1:{port}" in out
     assert out.splitlines()[-1].startswith(f"run {run_id} smoke: PASS in ")
     assert (await get_run(db, run_id)).status == RunStatus.PASSED
+
+
+async def test_a_stop_while_reporting_still_reports_the_result():
+    """SIGTERM right after the command ends must not lose its result (the run would wait for the reaper)."""
+    from opp_ci_app.cli_worker import handle_job
+    from opp_ci_app.workers import ResultCode
+
+    reporting = asyncio.Event()
+    reported = []
+
+    class SlowServer:
+        name = "w1"
+
+        async def heartbeats(self, run_id, interval):
+            await asyncio.Event().wait()
+
+        async def post(self, path, body):
+            return {}
+
+        async def report(self, run_id, outcome):
+            reporting.set()
+            await asyncio.sleep(0.2)
+            reported.append((run_id, outcome.result_code))
+            return {}
+
+    task = asyncio.create_task(handle_job(SlowServer(), "true", {"run_id": 5, "label": "smoke"}, 300))
+    await reporting.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert reported == [(5, ResultCode.PASS)]
