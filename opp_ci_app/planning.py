@@ -422,6 +422,8 @@ def field(data: Any, *path: str, kind: type = str, required: bool = True) -> Any
         raise BadPayload(f"payload field {dotted} must be {_TYPE_NAMES.get(kind, kind.__name__)}")
     if kind is str and "\x00" in value:
         raise BadPayload(f"payload field {dotted} contains a NUL character")
+    if kind is int and not -(2**63) <= value < 2**63:
+        raise BadPayload(f"payload field {dotted} is out of range")
     return value
 
 

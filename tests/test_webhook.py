@@ -580,7 +580,8 @@ WRONG_FIELDS = [
     ("push", push_payload("refs/heads/master"), ("ref",), "refs/heads/a\x00b", "payload field ref contains a NUL character"),
     ("push", push_payload("refs/heads/master"), ("ref",), "refs/heads/a\nb", "payload field ref contains control characters, which git refs cannot"),
     ("push", push_payload("refs/heads/master"), ("repository", "name"), "in\x00et", "payload field repository.name contains a NUL character"),
-    ("pull_request", pr_payload("opened"), ("number",), 2**70, "payload field number is not a pull request number"),
+    ("pull_request", pr_payload("opened"), ("number",), 2**70, "payload field number is out of range"),
+    ("pull_request", pr_payload("opened"), ("number",), 2**40, "payload field number is not a pull request number"),
     ("pull_request", pr_payload("opened"), ("number",), 0, "payload field number is not a pull request number"),
     ("push", push_payload("refs/heads/master"), ("head_commit", "message"), ["x"], "payload field head_commit.message must be a string"),
     ("push", push_payload("refs/heads/" + "x" * 300), ("before",), "0", "payload field ref must be 1 to 255 characters"),
@@ -591,6 +592,7 @@ WRONG_FIELDS = [
     ("pull_request", pr_payload("closed"), ("pull_request", "head", "ref"), {}, "payload field pull_request.head.ref must be a string"),
     ("installation", payload("installation.created.1"), ("installation",), None, "payload has no installation.id"),
     ("installation", payload("installation.created.1"), ("installation", "id"), "957387", "payload field installation.id must be an integer"),
+    ("installation", payload("installation.created.1"), ("installation", "id"), 2**70, "payload field installation.id is out of range"),
     ("installation", payload("installation.created.1"), ("repositories",), [1, 2], "payload field repositories[0] must be a repository object"),
     ("installation_repositories", payload("installation_repositories.added.0"), ("repositories_added",), {"a": 1}, "payload field repositories_added must be a list"),
 ]
