@@ -107,6 +107,8 @@ async def finished_commit_notes(
         _reported_runs(TestRun.github_commit_sha)
         .where(TestRun.project_id == project.id, TestRun.github_commit_sha.not_in(unfinished))
         .group_by(TestRun.github_commit_sha)
+        # A commit whose runs were all cancelled (superseded before they ran) has no result to note.
+        .having(func.count().filter(TestRun.status != RunStatus.CANCELLED) > 0)
         .order_by(func.max(TestRun.finished_at).desc(), TestRun.github_commit_sha)
         .limit(limit)
     )

@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from . import notes, pr_comment, statuses
 from .config import Settings
 from .github.queue import Call, CallKind, enqueue, pr_comment_key, status_key
-from .models import TestMatrixRun, TestRun, utcnow
+from .models import RunStatus, TestMatrixRun, TestRun, utcnow
 
 
 def matrix_run_url(settings: Settings, matrix_run_id: int) -> str:
@@ -85,7 +85,7 @@ async def update_github_status(session: AsyncSession, settings: Settings, matrix
         matrix_run = matrix_runs[matrix_run_id]
         if run_statuses and all(s.finished for s in run_statuses) and matrix_run.finished_at is None:
             matrix_run.finished_at = now
-            if matrix_run.report_to_github:
+            if matrix_run.report_to_github and any(s is not RunStatus.CANCELLED for s in run_statuses):
                 just_finished.append(matrix_run)
         if matrix_run.report_to_github:
             calls.append(status_call(settings, matrix_run, run_statuses))

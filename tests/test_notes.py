@@ -245,3 +245,10 @@ async def test_runs_github_is_not_told_of_make_no_notes(client, db, inet, readon
             (await session.get(TestMatrixRun, matrix_run_id)).report_to_github = False
     notes = await (await client.get("/api/notes/inet-framework/inet", headers=readonly_headers)).json()
     assert [(n["sha"], n["note"].splitlines()[0]) for n in notes] == [("a" * 40, "✅ PASS 1/1")]
+
+
+async def test_commits_whose_runs_were_all_cancelled_get_no_note(client, db, inet, readonly_headers):
+    await add_commit(db, "a" * 40, [RunStatus.CANCELLED, RunStatus.CANCELLED])
+    await add_commit(db, "b" * 40, [RunStatus.CANCELLED, P])
+    notes = await (await client.get("/api/notes/inet-framework/inet", headers=readonly_headers)).json()
+    assert [(n["sha"], n["note"].splitlines()[0]) for n in notes] == [("b" * 40, "❌ 1 PASS, 1 CANCELLED (2 total)")]

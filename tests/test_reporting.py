@@ -166,3 +166,14 @@ async def test_nothing_to_update_queues_nothing(db, settings):
     async with db() as session:
         assert list(await session.scalars(select(TestRun))) == []
     assert await pending_calls(db) == []
+
+
+async def test_no_notes_dispatch_for_a_commit_whose_runs_were_all_cancelled(db, settings):
+    settings = settings.replace(github_actions_token="ghs_actions")
+    project_id = await make_project(db)
+    matrix_run_id, run_ids = await queue_matrix_run(db, project_id)
+    await set_statuses(db, run_ids, [R.CANCELLED] * 3)
+    await report(db, settings, matrix_run_id)
+    assert await pending_calls(db, "workflow_dispatch") == []
+    [status] = await pending_calls(db, "status")
+    assert status.payload["state"] == "error"
