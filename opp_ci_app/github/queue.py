@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import enum
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, update
@@ -23,7 +24,7 @@ SUPERSEDE_PENDING = (
 KEYS_PER_UPDATE = 500
 
 
-class CallKind:
+class CallKind(enum.StrEnum):
     STATUS = "status"
     PR_COMMENT = "pr_comment"
     WORKFLOW_DISPATCH = "workflow_dispatch"
@@ -40,7 +41,6 @@ class Call:
     payload: dict[str, Any]
     project_id: int | None = None
     matrix_run_id: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def status_key(owner: str, repo: str, sha: str, context: str) -> str:
